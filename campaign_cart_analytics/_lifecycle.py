@@ -1,0 +1,69 @@
+"""Process life: the interpreter-exit flush and fresh state after ``os.fork()``.
+
+Every client with a running worker is kept here (strongly: a script that
+does ``Analytics(...).track(...)`` and drops the client must still deliver).
+At interpreter exit all of them are shut down together, each bounded by its
+own ``shutdown_timeout_ms``; this is the browser SDK's page-unload flush.
+
+After ``os.fork()`` every client in the child drops its parent's queue,
+thread, locks and HTTP session and starts afresh at its next ``track()``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .client import Analytics
+
+_lock = threading.Lock()
+_running: set[Analytics] = set()
+_all_clients: weakref.WeakSet[Analytics] = weakref.WeakSet()
+_hooks_installed = False
+
+
+def created(client: Analytics) -> None:
+    """Note a new client, so that a fork can reset it."""
+    global _hooks_installed
+    with _lock:
+        _all_clients.add(client)
+        if not _hooks_installed:
+            atexit.register(shutdown_all_at_exit)
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_after_fork_in_child)
+            _hooks_installed = True
+
+
+def started(client: Analytics) -> None:
+    with _lock:
+        _running.add(client)
+
+
+def stopped(client: Analytics) -> None:
+    with _lock:
+        _running.discard(client)
+
+
+def shutdown_all_at_exit() -> None:
+    """Shut every running client down at once, each within its ``shutdown_timeout_ms``."""
+    with _lock:
+        clients = list(_running)
+    now = time.monotonic()
+    deadlines = [now + client.config.shutdown_timeout_ms / 1000 for client in clients]
+    for client, deadline in zip(clients, deadlines):
+        client._begin_shutdown(waits_until=now, gives_up_at=deadline)
+    for client, deadline in zip(clients, deadlines):
+        client._finish_shutdown(gives_up_at=deadline, reason="interpreter exit")
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # the parent's may have been held by another thread
+    _running.clear()
+    for client in list(_all_clients):
+        client._reset_for_new_process()

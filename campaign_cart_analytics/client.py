@@ -1,0 +1,356 @@
+"""``Analytics``: the client. ``track()`` queues, a background thread delivers.
+
+The path of an event: ``track()`` validates the call, builds the envelope
+(``events``), runs ``transform_function`` on a copy in the caller's thread,
+encodes the result to JSON once, and appends that text to ``PendingEvents``.
+The worker thread (``worker``) takes batches from there and posts them
+(``transport``). ``track()`` never waits on the network and never raises for
+runtime trouble: a full queue, a broken transform or a down endpoint are
+logged, counted in ``stats()`` and reported to ``on_error``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from . import _lifecycle
+from ._logging import RateLimitedLog, logger
+from .config import (
+    Config,
+    ErrorCallback,
+    HeaderValue,
+    TransformFunction,
+    normalize_settings,
+    settings_from_providers,
+    unknown_option,
+)
+from .errors import QueueFullError, ShutdownDropError, TransformError
+from .events import EventFactory, UnencodableValue, copy_tree, encode, find_unencodable
+from .pending import PendingEvents
+from .stats import Stats
+from .transport import ShutdownClock, Transport
+from .worker import Worker, report_error
+
+#: How often the same warning (queue full, transform failing) may be logged, in seconds.
+WARNING_INTERVAL = 10.0
+
+
+class _ProcessState:
+    """Everything a client owns that must not cross ``os.fork()``: queue, thread, session."""
+
+    def __init__(self, config: Config) -> None:
+        self.pid = os.getpid()
+        self.pending = PendingEvents(
+            batch_size=config.batch_size,
+            max_size=config.max_queue_size,
+            interval=config.batch_interval_ms / 1000,
+        )
+        self.clock = ShutdownClock()
+        self.transport = Transport(config, self.clock, self._log_retry)
+        self.worker = Worker(config, self.pending, self.transport, self.clock)
+        self.thread: Optional[threading.Thread] = None
+        self.start_lock = threading.Lock()
+
+    def _log_retry(self, batch_id: str, attempt: int, problem: str, waited: float) -> None:
+        self.pending.count_retry(problem)
+        logger.info(
+            "Batch %s: retrying (attempt %d) after %s, waited %.3g s",
+            batch_id, attempt, problem, waited,
+        )  # fmt: skip
+
+
+class Analytics:
+    """Sends Campaign Cart analytics events to your HTTP endpoint, in batches, in the background.
+
+    >>> analytics = Analytics("https://api.yourapp.com/analytics",
+    ...                       headers={"Authorization": "Bearer TOKEN"})  # doctest: +SKIP
+    >>> analytics.track("dl_add_to_cart", {"ecommerce": {...}})  # doctest: +SKIP
+    'py_1f2e..._10004821_1736677800000'
+
+    Options (``ConfigError`` at construction when one breaks its rule):
+
+    - ``endpoint``: absolute ``http://``/``https://`` URL the batches are POSTed to.
+    - ``headers``: extra request headers; a value may be a zero-argument
+      callable, called for each batch (token refresh). Never logged.
+    - ``batch_size`` (1 to 100), ``batch_interval_ms``: a batch is sent when it
+      is full, or this long after its first event was queued.
+    - ``max_retries``, ``retry_delay_ms``: retry k waits ``retry_delay_ms * 2**(k-1)``.
+    - ``transform_function``: called once per event in ``track()``'s thread with
+      a copy it may change; return the event to send, or None to drop it.
+    - ``request_timeout_ms``: bounds each attempt's connect and each read.
+    - ``max_queue_size``: events waiting beyond this are dropped (and counted).
+    - ``shutdown_timeout_ms``: the longest the exit-time flush keeps the process alive.
+    - ``enabled``: False makes every call a no-op and starts no thread.
+    - ``on_error(events, error)``: called with the events whenever some are dropped.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        headers: Optional[Mapping[str, HeaderValue]] = None,
+        batch_size: int = 10,
+        batch_interval_ms: int = 5000,
+        max_retries: int = 3,
+        retry_delay_ms: int = 1000,
+        transform_function: Optional[TransformFunction] = None,
+        request_timeout_ms: int = 10000,
+        max_queue_size: int = 10000,
+        shutdown_timeout_ms: int = 5000,
+        enabled: bool = True,
+        on_error: Optional[ErrorCallback] = None,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise unknown_option(next(iter(unknown)))
+        self.config = Config(
+            endpoint=endpoint,
+            headers={} if headers is None else headers,
+            batch_size=batch_size,
+            batch_interval_ms=batch_interval_ms,
+            max_retries=max_retries,
+            retry_delay_ms=retry_delay_ms,
+            transform_function=transform_function,
+            request_timeout_ms=request_timeout_ms,
+            max_queue_size=max_queue_size,
+            shutdown_timeout_ms=shutdown_timeout_ms,
+            enabled=enabled,
+            on_error=on_error,
+        )
+        self._events = EventFactory()
+        self._state = _ProcessState(self.config)
+        self._queue_full_log = RateLimitedLog(WARNING_INTERVAL)
+        self._transform_log = RateLimitedLog(WARNING_INTERVAL)
+        self._warned_closed = False
+        _lifecycle.created(self)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> Analytics:
+        """A client from a settings mapping in either spelling (``batchSize`` or ``batch_size``)."""
+        return cls(**normalize_settings(settings))
+
+    def __repr__(self) -> str:
+        return repr(self.config).replace("Config(", f"{type(self).__name__}(", 1)
+
+    def __enter__(self) -> Analytics:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------ tracking
+
+    def track(self, event: str, properties: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+        """Queue one event; return its ``event_id``, or None when it was not queued.
+
+        Raises ``TypeError``/``ValueError`` at once for programming errors: an
+        empty or non-str ``event``, ``properties`` that is not a mapping, a
+        value JSON cannot carry (the message names its path). Never blocks on
+        the network, never raises for a full queue, a failing transform or a
+        down endpoint.
+        """
+        if not isinstance(event, str):
+            raise TypeError(f"event must be a str; got {type(event).__name__}")
+        if not event:
+            raise ValueError("event must be a non-empty str")
+        if properties is None:
+            properties = {}
+        elif not isinstance(properties, Mapping):
+            raise TypeError(
+                f"properties must be a mapping or None; got {type(properties).__name__}"
+            )
+        if not self.config.enabled:
+            return None
+        state = self._state
+        if state.pid != os.getpid():  # a fork that os.register_at_fork did not see
+            self._reset_for_new_process()
+            state = self._state
+
+        envelope = self._events.envelope(event, properties)
+        final = envelope
+        if self.config.transform_function is not None:
+            transformed = self._transform(envelope, state.pending)
+            if transformed is None:
+                return None
+            final = transformed
+        try:
+            text = encode(final)
+        except UnencodableValue as problem:
+            self._unencodable(properties, problem, state.pending, final)
+            return None
+
+        refused = state.pending.put(text)
+        if refused is not None:
+            self._refused(refused, final)
+            return None
+        thread = state.thread
+        if thread is None or not thread.is_alive():
+            self._start_worker(state)
+        event_id = final.get("event_id")
+        return event_id if isinstance(event_id, str) else str(envelope["event_id"])
+
+    def _transform(
+        self, envelope: dict[str, Any], pending: PendingEvents
+    ) -> Optional[dict[str, Any]]:
+        transform = self.config.transform_function
+        assert transform is not None
+        try:
+            result: object = transform(copy_tree(envelope))
+        except Exception as exc:
+            error = TransformError(f"transform_function raised {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._transform_failed(envelope, error, pending, exc_info=exc)
+            return None
+        if result is None:
+            pending.refuse("filtered")
+            return None
+        if not isinstance(result, dict):
+            error = TransformError(
+                f"transform_function must return a dict or None; got {type(result).__name__}"
+            )
+            self._transform_failed(envelope, error, pending)
+            return None
+        return result
+
+    def _transform_failed(
+        self,
+        event: dict[str, Any],
+        error: TransformError,
+        pending: PendingEvents,
+        exc_info: Optional[BaseException] = None,
+    ) -> None:
+        pending.refuse("dropped_transform_error")
+        self._transform_log.log(
+            logging.ERROR, "Event %r dropped: %s", event.get("event"), error, exc_info=exc_info
+        )
+        report_error(self.config, [event], error)
+
+    def _unencodable(
+        self,
+        properties: Mapping[str, Any],
+        problem: UnencodableValue,
+        pending: PendingEvents,
+        final: dict[str, Any],
+    ) -> None:
+        """Raise if the caller's own value is to blame; else the transform broke the event."""
+        if self.config.transform_function is None:
+            raise UnencodableValue("properties" + problem.path, problem.reason) from None
+        callers = find_unencodable(properties, "properties")
+        if callers is not None:
+            raise callers from None
+        error = TransformError(
+            f"transform_function returned a value JSON cannot carry: event{problem.path}: "
+            f"{problem.reason}"
+        )
+        self._transform_failed(final, error, pending)
+
+    def _refused(self, counter: str, event: dict[str, Any]) -> None:
+        if counter == "dropped_queue_full":
+            message = (
+                f"queue full ({self.config.max_queue_size} events waiting): event "
+                f"{event.get('event')!r} dropped; is the endpoint slow or down? see stats()"
+            )
+            self._queue_full_log.log(logging.WARNING, "%s", message)
+            report_error(self.config, [event], QueueFullError(message))
+        elif not self._warned_closed:
+            self._warned_closed = True
+            logger.warning("track() called after shutdown(); events are dropped")
+
+    def _start_worker(self, state: _ProcessState) -> None:
+        with state.start_lock:
+            if state.thread is not None and state.thread.is_alive():
+                return
+            if state.thread is not None:
+                logger.warning("The delivery thread had stopped; starting a new one")
+            thread = threading.Thread(
+                target=state.worker.run, name="campaign-cart-analytics", daemon=True
+            )
+            thread.start()
+            state.thread = thread
+        _lifecycle.started(self)
+
+    # ------------------------------------------------------------ flush, shutdown, stats
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Send everything queued now, without waiting for the batch interval.
+
+        Blocks until those events are delivered or dropped, or ``timeout``
+        seconds pass. True only if every one of them was delivered.
+        """
+        if not self.config.enabled:
+            return True
+        _, delivered = self._state.pending.flush(timeout)
+        return delivered
+
+    def shutdown(self, timeout: Optional[float] = None) -> bool:
+        """Flush, then stop the background thread; idempotent.
+
+        With a ``timeout``, waits before retries are cut short where they would
+        end after it, and whatever is still undelivered then is dropped and
+        counted as ``dropped_shutdown``. True if everything was delivered.
+        """
+        if not self.config.enabled:
+            return True
+        gives_up_at = None if timeout is None else time.monotonic() + timeout
+        if gives_up_at is not None:
+            self._begin_shutdown(waits_until=gives_up_at, gives_up_at=gives_up_at)
+        else:
+            self._state.pending.close()
+        return self._finish_shutdown(gives_up_at=gives_up_at, reason="shutdown()")
+
+    def _begin_shutdown(self, *, waits_until: float, gives_up_at: Optional[float]) -> None:
+        state = self._state
+        state.pending.close()
+        state.clock.begin(waits_until=waits_until, gives_up_at=gives_up_at)
+
+    def _finish_shutdown(self, *, gives_up_at: Optional[float], reason: str) -> bool:
+        state = self._state
+        remaining = None if gives_up_at is None else max(0.0, gives_up_at - time.monotonic())
+        settled, delivered = state.pending.flush(remaining)
+        if not settled:
+            count, texts = state.pending.write_off()
+            if count:
+                logger.warning(
+                    "%s: %d events not delivered in time; dropped (stats: dropped_shutdown)",
+                    reason, count,
+                )  # fmt: skip
+                state.pending.note_error(f"{count} events dropped at {reason}")
+                report_error(
+                    self.config, [json.loads(text) for text in texts], ShutdownDropError(
+                        f"{count} events undelivered at {reason}", batch_id="", attempts=0
+                    ),
+                )  # fmt: skip
+        thread = state.thread
+        if thread is not None:
+            remaining = None if gives_up_at is None else max(0.0, gives_up_at - time.monotonic())
+            thread.join(remaining)
+        if thread is None or not thread.is_alive():
+            state.transport.close()
+        _lifecycle.stopped(self)
+        return settled and delivered
+
+    def stats(self) -> Stats:
+        """A snapshot of the counters: tracked, queued, delivered, dropped_* and more."""
+        return self._state.pending.stats()
+
+    # ------------------------------------------------------------ process life
+
+    def _reset_for_new_process(self) -> None:
+        """In a forked child: a fresh queue, thread and session; the parent sends its own."""
+        self._events.reset_for_process()
+        self._state = _ProcessState(self.config)
+
+
+def use_analytics(config: Mapping[str, Any]) -> Analytics:
+    """A client from the browser SDK's configuration shape.
+
+    ``{"providers": {"custom": {"enabled": True, "settings": {...}}}}``, with
+    the seed's camelCase option names (ours work too).
+    """
+    return Analytics.from_settings(settings_from_providers(config))

@@ -1,0 +1,260 @@
+"""Client options: their defaults, their rules, and both spellings of their names.
+
+Every option of ``Analytics(...)`` lives in the frozen ``Config`` below, with
+the validator that guards it beside the field. A bad value raises
+``ConfigError`` at construction, naming the option in both spellings, the bad
+value (never for headers) and the rule. Types are never coerced: ``"10"`` is
+not a batch size and ``True`` is not an int.
+
+The browser SDK's camelCase names (``batchSize``, ``retryDelayMs``, ...) are
+accepted by ``normalize_settings`` so one settings file can serve both SDKs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, Union
+
+import attrs
+
+from .errors import ConfigError
+
+HeaderValue = Union[str, Callable[[], str]]
+TransformFunction = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
+ErrorCallback = Callable[[list[dict[str, Any]], BaseException], None]
+
+#: The wire format caps a batch at 100 events.
+MAX_BATCH_SIZE = 100
+
+#: Our option name -> the browser SDK's name for it.
+SEED_NAMES: Mapping[str, str] = types.MappingProxyType(
+    {
+        "endpoint": "endpoint",
+        "headers": "headers",
+        "batch_size": "batchSize",
+        "batch_interval_ms": "batchIntervalMs",
+        "max_retries": "maxRetries",
+        "retry_delay_ms": "retryDelayMs",
+        "transform_function": "transformFunction",
+        "request_timeout_ms": "requestTimeoutMs",
+        "max_queue_size": "maxQueueSize",
+        "shutdown_timeout_ms": "shutdownTimeoutMs",
+        "enabled": "enabled",
+        "on_error": "onError",
+    }
+)
+_BY_ANY_NAME = {**{seed: ours for ours, seed in SEED_NAMES.items()}, **{o: o for o in SEED_NAMES}}
+
+# RFC 7230 token characters; a value may not hold CR, LF or NUL (header injection).
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_BAD_HEADER_VALUE = re.compile(r"[\r\n\x00]|^\s")
+
+
+def option_label(name: str) -> str:
+    """``batch_size (batchSize)``: an option in both spellings, for messages."""
+    seed = SEED_NAMES.get(name, name)
+    return name if seed == name else f"{name} ({seed})"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password and query values replaced by ``***``, for logs and reprs."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"***@{hostport}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = "&".join(f"{key}=***" for key, _ in pairs)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def check_header_value(name: str, value: object) -> str:
+    """Return ``value`` if it can be sent as header ``name``; the error never shows it."""
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"headers[{name!r}] must be a str (or a callable returning str); "
+            f"got {type(value).__name__}"
+        )
+    if _BAD_HEADER_VALUE.search(value):
+        raise ConfigError(
+            f"headers[{name!r}] must not start with white space or contain CR, LF or NUL "
+            "(the value is not shown because headers carry secrets)"
+        )
+    return value
+
+
+def _rule_error(name: str, value: object, rule: str) -> ConfigError:
+    return ConfigError(
+        f"{option_label(name)} must be {rule}; got {value!r} ({type(value).__name__})"
+    )
+
+
+def _int_option(minimum: int, maximum: Optional[int] = None) -> Callable[[Any, Any, Any], None]:
+    rule = f"an int from {minimum} to {maximum}" if maximum is not None else f"an int >= {minimum}"
+
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        out_of_range = (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and (value < minimum or (maximum is not None and value > maximum))
+        )
+        if not isinstance(value, int) or isinstance(value, bool) or out_of_range:
+            raise _rule_error(attribute.name, value, rule)
+
+    return check
+
+
+def _optional_callable(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not callable(value):
+        raise _rule_error(attribute.name, value, "a callable or None")
+
+
+def _bool_option(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise _rule_error(attribute.name, value, "a bool (True or False)")
+
+
+def _check_endpoint(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    rule = "an absolute http:// or https:// URL with a host"
+    if not isinstance(value, str):
+        raise _rule_error("endpoint", value, rule)
+    try:
+        parts = urllib.parse.urlsplit(value)
+        has_host = bool(parts.hostname)
+    except ValueError:
+        has_host = False
+    if parts.scheme not in ("http", "https") or not has_host or value != value.strip():
+        raise ConfigError(f"endpoint must be {rule}; got {redact_url(value)!r}")
+
+
+def _freeze_headers(value: Any) -> Mapping[str, HeaderValue]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            "headers must be a mapping of header name to str or zero-argument callable; "
+            f"got {type(value).__name__}"
+        )
+    frozen: dict[str, HeaderValue] = {}
+    for name, header_value in value.items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise ConfigError(f"headers: {name!r} is not a valid HTTP header name")
+        frozen[name] = (
+            header_value if callable(header_value) else check_header_value(name, header_value)
+        )
+    return types.MappingProxyType(frozen)
+
+
+def _headers_repr(headers: Mapping[str, HeaderValue]) -> str:
+    return "{" + ", ".join(f"{name!r}: '***'" for name in headers) + "}"
+
+
+@attrs.frozen
+class Config:
+    """Validated, immutable client options (``Analytics`` builds one from its arguments)."""
+
+    endpoint: str = attrs.field(validator=_check_endpoint, repr=lambda url: repr(redact_url(url)))
+    headers: Mapping[str, HeaderValue] = attrs.field(
+        factory=dict, converter=_freeze_headers, repr=_headers_repr
+    )
+    batch_size: int = attrs.field(default=10, validator=_int_option(1, MAX_BATCH_SIZE))
+    batch_interval_ms: int = attrs.field(default=5000, validator=_int_option(1))
+    max_retries: int = attrs.field(default=3, validator=_int_option(0))
+    retry_delay_ms: int = attrs.field(default=1000, validator=_int_option(1))
+    transform_function: Optional[TransformFunction] = attrs.field(
+        default=None, validator=_optional_callable
+    )
+    request_timeout_ms: int = attrs.field(default=10000, validator=_int_option(1))
+    max_queue_size: int = attrs.field(default=10000, validator=_int_option(1))
+    shutdown_timeout_ms: int = attrs.field(default=5000, validator=_int_option(0))
+    enabled: bool = attrs.field(default=True, validator=_bool_option)
+    on_error: Optional[ErrorCallback] = attrs.field(default=None, validator=_optional_callable)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_queue_size < self.batch_size:
+            raise ConfigError(
+                f"{option_label('max_queue_size')} must be >= {option_label('batch_size')}; "
+                f"got {self.max_queue_size} < {self.batch_size}"
+            )
+
+    @property
+    def display_endpoint(self) -> str:
+        """The endpoint as logs and reprs show it: passwords and query values hidden."""
+        return redact_url(self.endpoint)
+
+
+def normalize_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Options keyed by our names, from a mapping in either spelling (``batchSize``)."""
+    if not isinstance(settings, Mapping):
+        raise ConfigError(f"settings must be a mapping; got {type(settings).__name__}")
+    options: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = _BY_ANY_NAME.get(key) if isinstance(key, str) else None
+        if name is None:
+            raise unknown_option(key)
+        if name in options:
+            raise ConfigError(f"{option_label(name)} is given twice, once in each spelling")
+        options[name] = value
+    if "endpoint" not in options:
+        raise ConfigError("endpoint is required: the URL your events are POSTed to")
+    return options
+
+
+def unknown_option(key: object) -> ConfigError:
+    """The error for an option nobody knows, with the closest real name when there is one."""
+    if not isinstance(key, str):
+        return ConfigError(f"option names must be str; got {key!r}")
+    candidates = {name.lower(): name for name in _BY_ANY_NAME}
+    match = difflib.get_close_matches(key.lower(), list(candidates), n=1, cutoff=0.6)
+    message = f"unknown option {key!r}"
+    if match:
+        suggestion = candidates[match[0]]
+        # Suggest in the user's own style: snake_case for a key with "_", else camelCase.
+        ours = _BY_ANY_NAME[suggestion]
+        suggestion = ours if "_" in key else SEED_NAMES[ours]
+        message += f"; did you mean {suggestion!r}?"
+    else:
+        message += f"; the options are: {', '.join(SEED_NAMES)}"
+    return ConfigError(message)
+
+
+def settings_from_providers(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Unwrap the browser SDK's ``{"providers": {"custom": {"enabled", "settings"}}}`` shape."""
+    where = "providers"
+    try:
+        providers = config["providers"]
+        where = "providers.custom"
+        custom = providers["custom"]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"{where} is missing: expected {{'providers': {{'custom': "
+            "{'enabled': True, 'settings': {'endpoint': ...}}}}}"
+        ) from None
+    if not isinstance(custom, Mapping):
+        raise ConfigError(f"providers.custom must be a mapping; got {type(custom).__name__}")
+    extra = set(custom) - {"enabled", "settings"}
+    if extra:
+        raise ConfigError(
+            "providers.custom takes 'enabled' and 'settings'; unknown: "
+            + ", ".join(map(repr, sorted(extra, key=str)))
+        )
+    settings = custom.get("settings", {})
+    if not isinstance(settings, Mapping):
+        raise ConfigError(
+            f"providers.custom.settings must be a mapping; got {type(settings).__name__}"
+        )
+    merged = dict(settings)
+    if "enabled" in custom:
+        enabled = custom["enabled"]
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"providers.custom.enabled must be a bool; got {enabled!r}")
+        merged["enabled"] = enabled and merged.get("enabled", True)
+    return merged

@@ -1,0 +1,287 @@
+"""What one event looks like on the wire: envelope, id, time and JSON encoding.
+
+``EventFactory.envelope`` turns ``track(name, properties)`` into the event
+object of the wire format: ``event``, ``event_id`` and ``event_time`` first,
+then the caller's top-level properties. ``encode`` turns that object into JSON
+text exactly once, in ``track()``'s thread; the text is the event's snapshot,
+so the caller may change its objects afterwards, and a batch body is made by
+joining these texts (``batch_body``).
+
+Beyond what ``json`` carries, values may be ``datetime``/``date``/``time``
+(ISO 8601 strings; aware datetimes in UTC with ``Z``), ``Decimal`` (an exact
+JSON number), ``UUID`` (a string), tuples and sets (lists). Anything else,
+NaN and infinities included, is a ``TypeError`` naming the path to the value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import itertools
+import json
+import math
+import os
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any, Optional
+
+SOURCE = "next-campaign-cart"
+
+_UTC = dt.timezone.utc
+
+# The stdlib encoder cannot write a raw number from ``default``: a Decimal is
+# written as a string carrying this per-process marker, then unquoted.
+_DECIMAL_MARK = f"cca-decimal-{secrets.token_hex(8)}:"
+_DECIMAL_STRING = re.compile('"' + re.escape(_DECIMAL_MARK) + '([^"]*)"')
+
+
+class UnencodableValue(TypeError):
+    """A value JSON cannot carry; ``path`` is where it sits (``['ecommerce']['value']``)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- time
+
+
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def format_epoch_ms(epoch_ms: int) -> str:
+    """``2025-01-12T10:30:00.000Z`` for a Unix time in milliseconds."""
+    global _second_cache
+    seconds, millis = divmod(epoch_ms, 1000)
+    cached_second, prefix = _second_cache
+    if cached_second != seconds:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_cache = (seconds, prefix)
+    return f"{prefix}.{millis:03d}Z"
+
+
+def format_datetime(value: dt.datetime) -> str:
+    """A datetime as ISO 8601 UTC with milliseconds and ``Z``; naive ones are taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_UTC)
+    value = value.astimezone(_UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+_ISO_8601 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
+    r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?$"
+)
+
+
+def parse_iso8601(text: str) -> dt.datetime:
+    """Parse the ISO 8601 forms people send (``Z`` or offsets, any fraction length)."""
+    match = _ISO_8601.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not an ISO 8601 date-time")
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    micros = int((fraction or "0")[:6].ljust(6, "0"))
+    tz: dt.tzinfo = _UTC
+    if zone and zone not in ("Z", "z"):
+        sign = -1 if zone[0] == "-" else 1
+        digits = zone[1:].replace(":", "")
+        offset = dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0))
+        tz = dt.timezone(sign * offset)
+    return dt.datetime(
+        int(year), int(month), int(day),
+        int(hour or 0), int(minute or 0), int(second or 0), micros, tzinfo=tz,
+    )  # fmt: skip
+
+
+def normalize_event_time(value: object) -> str:
+    """A caller's ``event_time`` (datetime or ISO 8601 str) as ISO 8601 UTC with ``Z``."""
+    if isinstance(value, dt.datetime):
+        return format_datetime(value)
+    if isinstance(value, str):
+        try:
+            return format_datetime(parse_iso8601(value))
+        except ValueError as exc:
+            raise ValueError(f"properties['event_time']: {exc}") from None
+    raise TypeError(
+        "properties['event_time'] must be a datetime or an ISO 8601 string; "
+        f"got {type(value).__name__}"
+    )
+
+
+# ---------------------------------------------------------------- envelope
+
+
+class EventFactory:
+    """Builds event envelopes and their ids for one client in one process.
+
+    ``event_id`` keeps the browser SDK's shape ``<session_id>_<n>_<epoch ms>``.
+    ``n`` is this process's event counter followed by the process id in seven
+    digits (``n = counter * 10**7 + pid``), so two forked workers tracking for
+    the same session in the same millisecond still get distinct ids.
+    """
+
+    def __init__(self) -> None:
+        self.reset_for_process()
+
+    def reset_for_process(self) -> None:
+        """New process, new session id and counter (called at creation and after fork)."""
+        self._pid_part = os.getpid() % 10**7
+        self._counter: Iterator[int] = itertools.count(1)
+        self.process_session_id = f"py_{uuid.uuid4().hex[:16]}"
+
+    def envelope(self, name: str, properties: Mapping[str, Any]) -> dict[str, Any]:
+        """The event object for ``track(name, properties)``, ids and time filled in."""
+        event: dict[str, Any] = {"event": name, "event_id": None, "event_time": None}
+        for key, value in properties.items():
+            if not isinstance(key, str):
+                raise TypeError(f"properties: keys must be str; got {key!r}")
+            event[key] = value
+        if event["event"] != name:
+            raise ValueError(
+                f"properties['event'] is {event['event']!r} but the event name is {name!r}"
+            )
+        epoch_ms = time.time_ns() // 1_000_000
+        given_time = event["event_time"]
+        event["event_time"] = (
+            format_epoch_ms(epoch_ms) if given_time is None else normalize_event_time(given_time)
+        )
+        given_id = event["event_id"]
+        if given_id is None:
+            n = next(self._counter) * 10**7 + self._pid_part
+            event["event_id"] = f"{self._session_id(event)}_{n}_{epoch_ms}"
+        elif not isinstance(given_id, str) or not given_id:
+            raise TypeError(f"properties['event_id'] must be a non-empty str; got {given_id!r}")
+        return event
+
+    def _session_id(self, event: Mapping[str, Any]) -> str:
+        user_properties = event.get("user_properties")
+        if isinstance(user_properties, Mapping):
+            session_id = user_properties.get("session_id")
+            if session_id is not None and session_id != "":
+                return str(session_id)
+        return self.process_session_id
+
+
+def copy_tree(value: Any) -> Any:
+    """A copy of the dicts, lists, tuples and sets in ``value``; leaves are shared.
+
+    Hands the transform an event it may mutate without touching the caller's
+    objects. Much cheaper than ``copy.deepcopy`` for JSON-shaped data.
+    """
+    kind = type(value)
+    if kind is dict or isinstance(value, Mapping):
+        return {key: copy_tree(item) for key, item in value.items()}
+    if kind is list or kind is tuple:
+        return [copy_tree(item) for item in value]
+    if kind is set or kind is frozenset:
+        return {copy_tree(item) for item in value}
+    return value
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def _encode_extra(value: Any) -> Any:
+    """``json``'s ``default`` hook: the types we carry beyond plain JSON."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            return value.astimezone(_UTC).isoformat().replace("+00:00", "Z")
+        return value.isoformat()
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise ValueError("non-finite Decimal")
+        return _DECIMAL_MARK + str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    raise TypeError(type(value).__name__)
+
+
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_encode_extra
+)
+
+
+def encode(event: Mapping[str, Any]) -> str:
+    """The event as compact JSON text; ``UnencodableValue`` names the first bad path."""
+    try:
+        text = _ENCODER.encode(event)
+    except (TypeError, ValueError, RecursionError):
+        problem = find_unencodable(event)
+        if problem is None:  # pragma: no cover - the walk and the encoder agree on every type
+            raise
+        raise problem from None
+    if _DECIMAL_MARK in text:
+        text = _DECIMAL_STRING.sub(r"\1", text)
+    return text
+
+
+def find_unencodable(value: Any, path: str = "") -> Optional[UnencodableValue]:
+    """The first value under ``value`` that ``encode`` cannot carry, with its path."""
+    return _walk(value, path, set())
+
+
+def _walk(value: Any, path: str, open_containers: set[int]) -> Optional[UnencodableValue]:
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else UnencodableValue(path, f"{value} is not JSON")
+    if isinstance(value, decimal.Decimal):
+        return None if value.is_finite() else UnencodableValue(path, f"Decimal {value} is not JSON")
+    if isinstance(value, (dt.date, dt.time, uuid.UUID)):
+        return None
+    if not isinstance(value, (Mapping, list, tuple, set, frozenset)):
+        return UnencodableValue(
+            path,
+            f"{type(value).__name__} is not JSON serializable "
+            "(use str, int, float, bool, None, dict, list, datetime, Decimal or UUID)",
+        )
+    if id(value) in open_containers:
+        return UnencodableValue(path, "circular reference")
+    open_containers.add(id(value))
+    try:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if not (key is None or isinstance(key, (str, int, float, bool))):
+                    return UnencodableValue(path, f"dict key {key!r} is not a str")
+                found = _walk(item, f"{path}[{key!r}]", open_containers)
+                if found:
+                    return found
+        else:
+            for index, item in enumerate(value):
+                found = _walk(item, f"{path}[{index}]", open_containers)
+                if found:
+                    return found
+        return None
+    finally:
+        open_containers.discard(id(value))
+
+
+def new_batch_id() -> str:
+    """A fresh batch id: ``b_`` and 32 hex digits."""
+    return f"b_{uuid.uuid4().hex}"
+
+
+def batch_body(encoded_events: list[str], batch_id: str, sent_at_ms: int) -> bytes:
+    """The POST body for a batch, joining events that were each encoded once in ``track()``."""
+    batch_info = {
+        "size": len(encoded_events),
+        "timestamp": format_epoch_ms(sent_at_ms),
+        "source": SOURCE,
+        "batch_id": batch_id,
+    }
+    text = '{"events":[' + ",".join(encoded_events) + '],"batch_info":'
+    return (text + json.dumps(batch_info, separators=(",", ":")) + "}").encode("utf-8")

@@ -1,0 +1,239 @@
+"""The events a client has accepted and not yet delivered or dropped.
+
+``PendingEvents`` is the one piece of state shared by the threads that call
+``track()``/``flush()``/``shutdown()`` and the client's background worker. One
+lock guards the queue, the counters and the flush waiters together, so an
+event's sequence number, its place in the queue and its count in ``stats()``
+change in one step.
+
+Why not ``queue.Queue``: its ``put``/``get`` lock and notify once per item,
+while the worker wants whole batches and needs waking only when a batch is
+due (the first event of a batch arrives, ``batch_size`` is reached, a flush
+is asked for). OpenTelemetry's batch processor makes the same choice.
+
+Sequence numbers make ``flush()`` exact. Events are numbered in queue order
+and the worker settles them in that order (a batch, or the halves of a split
+batch, one after the other), so "everything queued before this call has been
+settled" is ``settled_through >= the last number given out at the call``.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Optional
+
+import attrs
+
+from .stats import COUNTERS, Stats
+
+
+@attrs.frozen
+class TakenBatch:
+    """Events the worker took off the queue: their texts and their sequence numbers."""
+
+    first_seq: int
+    texts: list[str]
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.texts) - 1
+
+    def split(self) -> tuple[TakenBatch, TakenBatch]:
+        """Two halves, in order, for a batch the endpoint found too large."""
+        half = len(self.texts) // 2
+        return (
+            TakenBatch(self.first_seq, self.texts[:half]),
+            TakenBatch(self.first_seq + half, self.texts[half:]),
+        )
+
+
+@attrs.define
+class _FlushWaiter:
+    target_seq: int
+    done: bool = False
+    failed: bool = False
+
+
+class PendingEvents:
+    """A bounded FIFO of encoded events with exact accounting of their fates.
+
+    ``batch_size`` and ``interval`` (seconds) decide when ``take_batch`` hands
+    the worker a batch: when ``batch_size`` events wait, when the oldest has
+    waited ``interval``, when a flush covers it, or at once while closing.
+    """
+
+    def __init__(self, *, batch_size: int, max_size: int, interval: float) -> None:
+        self._batch_size = batch_size
+        self._max_size = max_size
+        self._interval = interval
+        lock = threading.Lock()
+        self._work_ready = threading.Condition(lock)  # the worker waits on this
+        self._settled = threading.Condition(lock)  # flush() and shutdown() wait on this
+        self._items: collections.deque[tuple[str, float]] = collections.deque()
+        self._head_seq = 1  # sequence number of self._items[0]
+        self._last_seq = 0  # last sequence number given out
+        self._settled_through = 0
+        self._flush_through = 0
+        self._closing = False
+        self._waiters: list[_FlushWaiter] = []
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._last_error: Optional[str] = None
+
+    # ------------------------------------------------------------ track() side
+
+    def put(self, text: str) -> Optional[str]:
+        """Queue one encoded event; None when queued, else the counter it was dropped under."""
+        with self._work_ready:
+            self._counts["tracked"] += 1
+            if self._closing:
+                self._counts["dropped_shutdown"] += 1
+                return "dropped_shutdown"
+            size = len(self._items)
+            if size >= self._max_size:
+                self._counts["dropped_queue_full"] += 1
+                return "dropped_queue_full"
+            self._items.append((text, time.monotonic()))
+            self._last_seq += 1
+            self._counts["queued"] += 1
+            # Wake the worker only when its plan changes: a batch's first event
+            # starts the interval, a full batch is due now.
+            if size == 0 or size + 1 == self._batch_size:
+                self._work_ready.notify()
+            return None
+
+    def refuse(self, counter: str) -> None:
+        """Count a tracked event that never reached the queue (filtered, transform error)."""
+        with self._work_ready:
+            self._counts["tracked"] += 1
+            self._counts[counter] += 1
+
+    # ------------------------------------------------------------ worker side
+
+    def take_batch(self) -> Optional[TakenBatch]:
+        """Block until a batch is due and return it; None once closing and empty."""
+        with self._work_ready:
+            while True:
+                if self._items:
+                    if (
+                        self._closing
+                        or len(self._items) >= self._batch_size
+                        or self._head_seq <= self._flush_through
+                    ):
+                        break
+                    wait = self._items[0][1] + self._interval - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._work_ready.wait(wait)
+                elif self._closing:
+                    return None
+                else:
+                    self._work_ready.wait()
+            count = min(self._batch_size, len(self._items))
+            texts = [self._items.popleft()[0] for _ in range(count)]
+            batch = TakenBatch(self._head_seq, texts)
+            self._head_seq += count
+            return batch
+
+    def settle(self, batch: TakenBatch, counter: str) -> bool:
+        """Record the fate of a batch's events; False if shutdown had already written them off."""
+        with self._settled:
+            if batch.last_seq <= self._settled_through:
+                return False
+            count = len(batch.texts)
+            self._counts["queued"] -= count
+            self._counts[counter] += count
+            if counter == "delivered":
+                self._counts["batches_sent"] += 1
+            self._settled_through = batch.last_seq
+            self._update_waiters(batch.first_seq, failed=counter != "delivered")
+            return True
+
+    def count_retry(self, problem: str) -> None:
+        with self._settled:
+            self._counts["retries"] += 1
+            self._last_error = problem
+
+    def note_error(self, problem: str) -> None:
+        with self._settled:
+            self._last_error = problem
+
+    # ------------------------------------------------------------ flush and shutdown
+
+    def flush(self, timeout: Optional[float]) -> tuple[bool, bool]:
+        """Have everything queued so far sent now; wait until it is settled or ``timeout``.
+
+        Returns ``(settled, delivered)``: whether every event pending at the
+        call was delivered or dropped in time, and whether all were delivered.
+        """
+        with self._settled:
+            waiter = self._request_flush()
+            if waiter is None:
+                return True, True
+            try:
+                self._settled.wait_for(lambda: waiter.done, timeout)
+            finally:
+                self._waiters.remove(waiter)
+            return waiter.done, waiter.done and not waiter.failed
+
+    def close(self) -> None:
+        """Refuse new events and have the worker send everything, then stop."""
+        with self._work_ready:
+            self._closing = True
+            self._work_ready.notify()
+
+    def write_off(self) -> tuple[int, list[str]]:
+        """Count every event still pending as ``dropped_shutdown``.
+
+        Returns how many, and the texts of those not yet taken by the worker.
+        """
+        with self._settled:
+            count = self._counts["queued"]
+            texts = [text for text, _ in self._items]
+            self._counts["queued"] = 0
+            self._counts["dropped_shutdown"] += count
+            self._items.clear()
+            self._head_seq = self._last_seq + 1
+            self._closing = True
+            if self._settled_through < self._last_seq:
+                first_unsettled = self._settled_through + 1
+                self._settled_through = self._last_seq
+                self._update_waiters(first_unsettled, failed=True)
+            self._work_ready.notify()
+            return count, texts
+
+    # ------------------------------------------------------------ reading
+
+    def stats(self) -> Stats:
+        with self._settled:
+            return Stats(**self._counts, last_error=self._last_error)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # ------------------------------------------------------------ internals (lock held)
+
+    def _request_flush(self) -> Optional[_FlushWaiter]:
+        if self._settled_through >= self._last_seq:
+            return None
+        waiter = _FlushWaiter(self._last_seq)
+        self._waiters.append(waiter)
+        if self._flush_through < self._last_seq:
+            self._flush_through = self._last_seq
+            self._work_ready.notify()
+        return waiter
+
+    def _update_waiters(self, first_seq: int, *, failed: bool) -> None:
+        finished = False
+        for waiter in self._waiters:
+            if waiter.done:
+                continue
+            if failed and first_seq <= waiter.target_seq:
+                waiter.failed = True
+            if self._settled_through >= waiter.target_seq:
+                waiter.done = True
+                finished = True
+        if finished:
+            self._settled.notify_all()

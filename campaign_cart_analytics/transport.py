@@ -1,0 +1,361 @@
+"""One batch over HTTP: a ``requests.Session`` whose adapter retries on the seed's schedule.
+
+The schedule (SPEC section 6) is driven by ``DeliveryRetry``, a
+``urllib3.Retry`` mounted through ``requests``' ``HTTPAdapter`` for both
+``http://`` and ``https://``:
+
+- attempt 1 at once; retry k starts ``retry_delay * 2**(k-1)`` after attempt
+  k failed (urllib3's own ``backoff_factor`` would give 0, 2f, 4f);
+- retried: 5xx, 408, 429, connection errors and timeouts, for ``POST`` too
+  (read errors included: the receiver drops duplicates by ``Idempotency-Key``);
+- ``Retry-After`` on 429/503 replaces the computed wait; no wait exceeds 60 s;
+- redirects are never followed, so no token travels to another host.
+
+Waits happen in ``ShutdownClock.wait_before_retry`` instead of
+``time.sleep``, so ``shutdown()`` and interpreter exit can cut a wait short
+(``RetryCutShort``) rather than be held up by it.
+"""
+
+from __future__ import annotations
+
+import errno
+import platform
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import attrs
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+from urllib3.util.retry import Retry
+
+from ._version import __version__
+from .config import Config, check_header_value, redact_url
+
+if TYPE_CHECKING:
+    from urllib3.response import BaseHTTPResponse
+
+#: No single wait between attempts is longer than this, whatever the schedule or Retry-After say.
+MAX_WAIT_SECONDS = 60.0
+
+RETRYABLE_STATUSES = frozenset({408, 429, *range(500, 600)})
+
+USER_AGENT = f"campaign-cart-analytics-python/{__version__} (Python {platform.python_version()})"
+
+
+class RetryCutShort(Exception):
+    """A wait before a retry would end after the shutdown deadline, so it was not waited."""
+
+    def __init__(self, failed_attempts: int, last_problem: str) -> None:
+        super().__init__(last_problem)
+        self.failed_attempts = failed_attempts
+        self.last_problem = last_problem
+
+
+class ShutdownClock:
+    """The deadlines a shutdown imposes on delivery; none until ``begin`` is called.
+
+    ``waits_until``: no wait before a retry may end later than this (at
+    interpreter exit it is "now": the seed's page unload does not back off).
+    ``gives_up_at``: no attempt may run past this; it bounds request timeouts.
+    A wait in progress when ``begin`` is called is woken and re-checked.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._waits_until: Optional[float] = None
+        self._gives_up_at: Optional[float] = None
+
+    def begin(self, *, waits_until: float, gives_up_at: Optional[float]) -> None:
+        with self._changed:
+            if self._waits_until is None or waits_until < self._waits_until:
+                self._waits_until = waits_until
+            if gives_up_at is not None and (
+                self._gives_up_at is None or gives_up_at < self._gives_up_at
+            ):
+                self._gives_up_at = gives_up_at
+            self._changed.notify_all()
+
+    @property
+    def running(self) -> bool:
+        """True once a shutdown has begun."""
+        return self._waits_until is not None
+
+    def wait_before_retry(self, seconds: float, failed_attempts: int, last_problem: str) -> None:
+        """Wait ``seconds``, or raise ``RetryCutShort`` if a shutdown deadline comes first."""
+        ends_at = time.monotonic() + seconds
+        with self._changed:
+            while True:
+                if self._waits_until is not None and ends_at > self._waits_until:
+                    raise RetryCutShort(failed_attempts, last_problem)
+                remaining = ends_at - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._changed.wait(remaining)
+
+    def attempt_timeout(self, timeout: float) -> float:
+        """``timeout``, shortened so that an attempt ends by the shutdown's give-up time."""
+        if self._gives_up_at is None:
+            return timeout
+        return max(0.0, min(timeout, self._gives_up_at - time.monotonic()))
+
+
+class DeliveryRetry(Retry):
+    """``urllib3.Retry`` with the seed's schedule and interruptible waits (see module doc)."""
+
+    RETRY_AFTER_STATUS_CODES = frozenset({429, 503})
+
+    retry_delay: float = 1.0
+    clock: Optional[ShutdownClock] = None
+    on_retry: Optional[Callable[[int, str, float], None]] = None
+
+    @classmethod
+    def for_config(
+        cls,
+        config: Config,
+        clock: ShutdownClock,
+        on_retry: Callable[[int, str, float], None],
+    ) -> DeliveryRetry:
+        retry = cls(
+            total=config.max_retries,
+            connect=None,
+            read=None,
+            status=None,
+            other=None,
+            redirect=False,
+            allowed_methods=frozenset({"POST"}),
+            status_forcelist=RETRYABLE_STATUSES,
+            raise_on_status=False,
+            respect_retry_after_header=True,
+        )
+        retry.retry_delay = config.retry_delay_ms / 1000
+        retry.clock = clock
+        retry.on_retry = on_retry
+        return retry
+
+    def new(self, **kw: Any) -> DeliveryRetry:
+        retry = super().new(**kw)
+        retry.retry_delay = self.retry_delay
+        retry.clock = self.clock
+        retry.on_retry = self.on_retry
+        return retry
+
+    def get_backoff_time(self) -> float:
+        failed_attempts = len(self.history)
+        if failed_attempts == 0:
+            return 0.0
+        return float(min(MAX_WAIT_SECONDS, self.retry_delay * 2 ** (failed_attempts - 1)))
+
+    def retry_after_seconds(self, response: Optional[BaseHTTPResponse]) -> Optional[float]:
+        """``Retry-After`` in seconds on a 429/503, capped at 60; None if absent or bad."""
+        if response is None or response.status not in self.RETRY_AFTER_STATUS_CODES:
+            return None
+        value = response.headers.get("Retry-After")
+        if value is None:
+            return None
+        try:
+            seconds = float(self.parse_retry_after(value))
+        except Exception:  # an unparsable header falls back to the schedule
+            return None
+        return min(MAX_WAIT_SECONDS, seconds)
+
+    def sleep(self, response: Optional[BaseHTTPResponse] = None) -> None:
+        failed_attempts = len(self.history)
+        problem = describe_history_entry(self.history[-1]) if self.history else "unknown error"
+        delay = self.retry_after_seconds(response)
+        if delay is None:
+            delay = self.get_backoff_time()
+        if self.clock is None:  # pragma: no cover - always set by for_config
+            time.sleep(delay)
+            return
+        self.clock.wait_before_retry(delay, failed_attempts, problem)
+        if self.on_retry is not None:
+            self.on_retry(failed_attempts + 1, problem, delay)
+
+
+@attrs.frozen
+class Outcome:
+    """What became of one batch's requests.
+
+    ``kind`` is one of: ``delivered`` (2xx); ``too_large`` (413); ``rejected``
+    (a status that is not retried: 3xx, other 4xx); ``failed`` (retries used
+    up, or no request could be made); ``cut_short`` (a shutdown deadline came
+    before the next retry).
+    """
+
+    kind: str
+    attempts: int
+    status: Optional[int] = None
+    problem: str = ""
+
+
+class Transport:
+    """Posts batch bodies to the endpoint through one keep-alive session."""
+
+    def __init__(
+        self,
+        config: Config,
+        clock: ShutdownClock,
+        on_retry: Callable[[str, int, str, float], None],
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._on_retry = on_retry
+        self._batch_id = ""
+        self._session = requests.Session()
+        adapter = HTTPAdapter(
+            max_retries=DeliveryRetry.for_config(config, clock, self._retrying),
+            pool_connections=1,
+            pool_maxsize=1,
+        )
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers.update(
+            {"User-Agent": USER_AGENT, "Content-Type": "application/json", "Accept": "*/*"}
+        )
+        self._static_headers = {
+            name: value for name, value in config.headers.items() if isinstance(value, str)
+        }
+        self._session.headers.update(self._static_headers)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def send(self, body: bytes, batch_id: str) -> Outcome:
+        """POST one batch body, with retries; never raises for HTTP or network trouble."""
+        self._batch_id = batch_id
+        try:
+            headers = self._headers_for(batch_id)
+        except Exception as exc:  # a header callable failed: no request can be made
+            return Outcome("failed", attempts=0, problem=str(exc))
+        timeout = self._clock.attempt_timeout(self._config.request_timeout_ms / 1000)
+        if timeout <= 0:
+            return Outcome("cut_short", attempts=0, problem="shutdown deadline passed")
+        try:
+            response = self._session.post(
+                self._config.endpoint,
+                data=body,
+                headers=headers,
+                timeout=(timeout, timeout),
+                allow_redirects=False,
+            )
+        except RetryCutShort as cut:
+            return Outcome("cut_short", attempts=cut.failed_attempts, problem=cut.last_problem)
+        except requests.RequestException as exc:
+            exhausted = _find_cause(exc, MaxRetryError) is not None
+            attempts = self._config.max_retries + 1 if exhausted else 1
+            return Outcome("failed", attempts=attempts, problem=describe_error(exc, timeout))
+        with response:
+            return self._outcome_of(response)
+
+    def _outcome_of(self, response: requests.Response) -> Outcome:
+        status = response.status_code
+        retries = getattr(response.raw, "retries", None)
+        attempts = len(retries.history) + 1 if retries is not None else 1
+        if 200 <= status < 300:
+            return Outcome("delivered", attempts, status)
+        if status == 413:
+            return Outcome("too_large", attempts, status, "HTTP 413 Payload Too Large")
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "")
+            where = redact_url(location) if location else "no Location header"
+            return Outcome(
+                "rejected",
+                attempts,
+                status,
+                f"HTTP {status} redirect to {where}; redirects are not followed: "
+                "set endpoint to the final URL",
+            )
+        if status in RETRYABLE_STATUSES:
+            return Outcome("failed", attempts, status, f"HTTP {status}{_hint(status)}")
+        return Outcome(
+            "rejected", attempts, status, f"HTTP {status}{_hint(status)}: {_body_start(response)}"
+        )
+
+    def _headers_for(self, batch_id: str) -> dict[str, str]:
+        headers = {"Idempotency-Key": batch_id}
+        for name, value in self._config.headers.items():
+            if name in self._static_headers:
+                continue
+            try:
+                produced = value()  # type: ignore[operator]
+            except Exception as exc:
+                raise RuntimeError(
+                    f"headers[{name!r}] callable raised {type(exc).__name__}"
+                ) from exc
+            headers[name] = check_header_value(name, produced)
+        return headers
+
+    def _retrying(self, attempt: int, problem: str, delay: float) -> None:
+        self._on_retry(self._batch_id, attempt, problem, delay)
+
+
+def _hint(status: int) -> str:
+    hints = {
+        401: " (check the Authorization header or token)",
+        403: " (check the token's permissions)",
+        404: " (check the endpoint's path)",
+        405: " (the endpoint does not accept POST)",
+    }
+    return hints.get(status, "")
+
+
+def _body_start(response: requests.Response, limit: int = 200) -> str:
+    text = response.text.strip().replace("\n", " ")
+    if not text:
+        return "(empty body)"
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+def _find_cause(exc: BaseException, kind: type[BaseException]) -> Optional[BaseException]:
+    """The first exception of ``kind`` in ``exc``, its args, reasons and causes."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        current = todo.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return current
+        todo.extend(current.args)
+        todo.extend((getattr(current, "reason", None), current.__cause__, current.__context__))
+    return None
+
+
+def describe_error(exc: BaseException, timeout: Optional[float] = None) -> str:
+    """A network error in plain words, without URLs (they may carry secrets)."""
+    if _find_cause(exc, ReadTimeoutError) or isinstance(exc, requests.ReadTimeout):
+        return f"no response within {timeout:g} s" if timeout else "read timed out"
+    connect_failure = _find_cause(exc, NewConnectionError)
+    if connect_failure is not None:
+        cause = _find_cause(connect_failure, OSError)
+        if isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED:
+            return "connection refused"
+        if "resolve" in str(connect_failure) or "Name or service" in str(connect_failure):
+            return "DNS lookup failed for the endpoint's host"
+        return "could not connect"
+    if _find_cause(exc, ConnectTimeoutError):
+        return "connection timed out"
+    if _find_cause(exc, SSLError) or isinstance(exc, requests.exceptions.SSLError):
+        return "TLS error (certificate or protocol)"
+    if _find_cause(exc, ProtocolError):
+        return "connection closed before a response"
+    return type(exc).__name__
+
+
+def describe_history_entry(entry: Any) -> str:
+    """One failed attempt recorded in ``Retry.history``, in plain words."""
+    if entry.status is not None:
+        return f"HTTP {entry.status}"
+    if entry.error is not None:
+        return describe_error(entry.error)
+    return "unknown error"
