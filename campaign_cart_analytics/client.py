@@ -108,7 +108,7 @@ class Analytics:
         **unknown: Any,
     ) -> None:
         if unknown:
-            raise unknown_option(next(iter(unknown)))
+            raise unknown_option(next(iter(unknown)), keyword=True)
         self.config = Config(
             endpoint=endpoint,
             headers={} if headers is None else headers,
@@ -311,25 +311,26 @@ class Analytics:
 
     def _finish_shutdown(self, *, gives_up_at: Optional[float], reason: str) -> bool:
         state = self._state
-        remaining = None if gives_up_at is None else max(0.0, gives_up_at - time.monotonic())
-        settled, delivered = state.pending.flush(remaining)
+        dropped_before = state.pending.stats().dropped_shutdown
+        settled, delivered = state.pending.flush(_remaining(gives_up_at))
         if not settled:
-            count, texts = state.pending.write_off()
-            if count:
-                logger.warning(
-                    "%s: %d events not delivered in time; dropped (stats: dropped_shutdown)",
-                    reason, count,
-                )  # fmt: skip
-                state.pending.note_error(f"{count} events dropped at {reason}")
-                report_error(
-                    self.config, [json.loads(text) for text in texts], ShutdownDropError(
-                        f"{count} events undelivered at {reason}", batch_id="", attempts=0
-                    ),
-                )  # fmt: skip
+            _, texts = state.pending.write_off()
+            if texts:
+                error = ShutdownDropError(
+                    f"{len(texts)} events were still queued at {reason}", batch_id="", attempts=0
+                )
+                report_error(self.config, [json.loads(text) for text in texts], error)
+        dropped = state.pending.stats().dropped_shutdown - dropped_before
+        if dropped:
+            problem = state.pending.stats().last_error
+            logger.warning(
+                "%s: %d events could not be delivered in time and were dropped "
+                "(stats: dropped_shutdown); last problem: %s",
+                reason, dropped, problem,
+            )  # fmt: skip
         thread = state.thread
         if thread is not None:
-            remaining = None if gives_up_at is None else max(0.0, gives_up_at - time.monotonic())
-            thread.join(remaining)
+            thread.join(_remaining(gives_up_at))
         if thread is None or not thread.is_alive():
             state.transport.close()
         _lifecycle.stopped(self)
@@ -345,6 +346,10 @@ class Analytics:
         """In a forked child: a fresh queue, thread and session; the parent sends its own."""
         self._events.reset_for_process()
         self._state = _ProcessState(self.config)
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def use_analytics(config: Mapping[str, Any]) -> Analytics:

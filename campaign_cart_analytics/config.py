@@ -208,8 +208,12 @@ def normalize_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def unknown_option(key: object) -> ConfigError:
-    """The error for an option nobody knows, with the closest real name when there is one."""
+def unknown_option(key: object, *, keyword: bool = False) -> ConfigError:
+    """The error for an option nobody knows, with the closest real name when there is one.
+
+    The suggestion is in the user's style: snake_case for a keyword argument or
+    a key with "_", camelCase for a settings key without one.
+    """
     if not isinstance(key, str):
         return ConfigError(f"option names must be str; got {key!r}")
     candidates = {name.lower(): name for name in _BY_ANY_NAME}
@@ -217,9 +221,8 @@ def unknown_option(key: object) -> ConfigError:
     message = f"unknown option {key!r}"
     if match:
         suggestion = candidates[match[0]]
-        # Suggest in the user's own style: snake_case for a key with "_", else camelCase.
         ours = _BY_ANY_NAME[suggestion]
-        suggestion = ours if "_" in key else SEED_NAMES[ours]
+        suggestion = ours if keyword or "_" in key else SEED_NAMES[ours]
         message += f"; did you mean {suggestion!r}?"
     else:
         message += f"; the options are: {', '.join(SEED_NAMES)}"

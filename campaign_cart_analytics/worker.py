@@ -99,7 +99,8 @@ class Worker:
             f"Batch {batch_id} dropped: {len(batch.texts)} events, {outcome.attempts} attempt(s), "
             f"last problem: {outcome.problem} ({why})"
         )
-        level = logging.WARNING if counter == "dropped_shutdown" else logging.ERROR
+        # Shutdown drops are summed up once by shutdown itself (SPEC: "logged once").
+        level = logging.DEBUG if counter == "dropped_shutdown" else logging.ERROR
         logger.log(level, "%s", message)
         error = kind(message, batch_id=batch_id, attempts=outcome.attempts, status=outcome.status)
         self._drop(batch, counter, error)

@@ -1,0 +1,128 @@
+"""When batches go out and what they look like (SPEC section 5)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from helpers import assert_balanced
+from receiver import Receiver, Reply
+
+from campaign_cart_analytics import __version__
+
+
+def test_a_full_batch_goes_out_without_flush(make_client: Any, receiver: Receiver) -> None:
+    client = make_client(batch_size=3, batch_interval_ms=60_000)
+    client.track("a")
+    client.track("b")
+    assert receiver.wait_for_requests(1, timeout=0.3) == []
+    client.track("c")
+    (request,) = receiver.wait_for_requests(1, timeout=2)
+    assert [e["event"] for e in request.events] == ["a", "b", "c"]
+
+
+def test_the_interval_runs_from_the_first_event_of_the_batch(
+    make_client: Any, receiver: Receiver
+) -> None:
+    client = make_client(batch_size=10, batch_interval_ms=300)
+    started = time.monotonic()
+    client.track("first")
+    time.sleep(0.15)
+    client.track("second")
+    (request,) = receiver.wait_for_requests(1, timeout=2)
+    waited = request.at - started
+    assert 0.28 <= waited < 0.42, waited  # 300 ms after the first event, not after the second
+    assert [e["event"] for e in request.events] == ["first", "second"]
+
+    # The next batch's clock starts at its own first event.
+    time.sleep(0.2)
+    next_started = time.monotonic()
+    client.track("third")
+    second = receiver.wait_for_requests(2, timeout=2)[1]
+    assert 0.28 <= second.at - next_started < 0.42
+
+
+def test_a_backlog_goes_out_in_full_batches_back_to_back(
+    make_client: Any, receiver: Receiver
+) -> None:
+    receiver.script(Reply(202, delay=0.3))  # the first request is slow: a backlog builds up
+    client = make_client(batch_size=10, batch_interval_ms=60_000)
+    for i in range(45):
+        client.track("e", {"i": i})
+    requests = receiver.wait_for_requests(4, timeout=3)
+    assert [len(r.events) for r in requests] == [10, 10, 10, 10]
+    assert requests[3].at - requests[0].at < 0.3 + 0.25  # no interval waited between them
+    assert receiver.wait_for_requests(5, timeout=0.3)[4:] == []  # 5 left: not full, not due
+    assert client.flush(timeout=2)
+    assert [e["i"] for e in receiver.delivered_events()] == list(range(45))
+
+
+def test_a_batch_never_holds_more_than_100_events(make_client: Any, receiver: Receiver) -> None:
+    client = make_client(batch_size=100, batch_interval_ms=60_000)
+    for _ in range(250):
+        client.track("e")
+    assert client.flush(timeout=5)
+    assert sorted(len(r.events) for r in receiver.requests) == [50, 100, 100]
+
+
+def test_the_payload_is_the_wire_format(make_client: Any, receiver: Receiver) -> None:
+    client = make_client(batch_size=2)
+    client.track("dl_view_item", {"ecommerce": {"value": 1}})
+    client.track("dl_add_to_cart", {"ecommerce": {"value": 2}})
+    (request,) = receiver.wait_for_requests(1)
+    body = request.json
+    assert list(body) == ["events", "batch_info"]
+    info = body["batch_info"]
+    assert list(info) == ["size", "timestamp", "source", "batch_id"]
+    assert info["size"] == 2 == len(body["events"])
+    assert info["source"] == "next-campaign-cart"
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", info["timestamp"])
+    assert re.match(r"^b_[0-9a-f]{32}$", info["batch_id"])
+    assert request.headers["idempotency-key"] == info["batch_id"]
+    assert request.path == "/analytics"
+
+
+def test_every_batch_has_its_own_id(make_client: Any, receiver: Receiver) -> None:
+    client = make_client(batch_size=1)
+    for _ in range(5):
+        client.track("e")
+    assert client.flush(timeout=5)
+    ids = [r.json["batch_info"]["batch_id"] for r in receiver.requests]
+    assert len(set(ids)) == 5
+
+
+def test_default_and_custom_headers(make_client: Any, receiver: Receiver) -> None:
+    tokens = iter(["t1", "t2"])
+    client = make_client(
+        batch_size=1,
+        headers={
+            "Authorization": lambda: f"Bearer {next(tokens)}",
+            "X-Store-ID": "store-123",
+            "content-type": "application/vnd.custom+json",
+        },
+    )
+    client.track("a")
+    assert client.flush(timeout=5)
+    client.track("b")
+    assert client.flush(timeout=5)
+    first, second = receiver.requests
+    assert first.headers["authorization"] == "Bearer t1"
+    assert second.headers["authorization"] == "Bearer t2"  # called for every request
+    assert first.headers["x-store-id"] == "store-123"
+    assert first.headers["content-type"] == "application/vnd.custom+json"  # the user's wins
+    assert first.headers["user-agent"].startswith(f"campaign-cart-analytics-python/{__version__}")
+    plain = make_client(batch_size=1)
+    plain.track("c")
+    assert plain.flush(timeout=5)
+    assert receiver.requests[2].headers["content-type"] == "application/json"
+
+
+def test_stats_count_batches_and_balance(make_client: Any, receiver: Receiver) -> None:
+    client = make_client(batch_size=4)
+    for _ in range(10):
+        client.track("e")
+    assert client.flush(timeout=5)
+    stats = client.stats()
+    assert (stats.tracked, stats.delivered, stats.batches_sent, stats.queued) == (10, 10, 3, 0)
+    assert_balanced(stats)

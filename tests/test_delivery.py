@@ -1,0 +1,257 @@
+"""Delivery, retries and their schedule, the status table, 413 and on_error (SPEC section 6)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytest
+from helpers import assert_balanced
+from receiver import Receiver, Reply, refused_url
+from urllib3.response import HTTPResponse
+
+import campaign_cart_analytics as cca
+from campaign_cart_analytics.config import Config
+from campaign_cart_analytics.transport import DeliveryRetry, ShutdownClock
+
+FAST_RETRIES = {"retry_delay_ms": 10, "max_retries": 3}
+
+
+def gaps(receiver: Receiver) -> list[float]:
+    times = [r.at for r in receiver.requests]
+    return [later - earlier for earlier, later in zip(times, times[1:])]
+
+
+def collecting() -> tuple[list[tuple[list[dict[str, Any]], BaseException]], Any]:
+    reported: list[tuple[list[dict[str, Any]], BaseException]] = []
+    return reported, lambda events, error: reported.append((events, error))
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204])
+def test_any_2xx_is_success(make_client: Any, receiver: Receiver, status: int) -> None:
+    receiver.respond = lambda request: Reply(status)
+    client = make_client(**FAST_RETRIES)
+    client.track("e")
+    assert client.flush(timeout=5) is True
+    assert len(receiver.requests) == 1 and client.stats().delivered == 1
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_retryable_statuses_are_retried_then_dropped(
+    make_client: Any, receiver: Receiver, status: int
+) -> None:
+    receiver.respond = lambda request: Reply(status)
+    reported, on_error = collecting()
+    client = make_client(on_error=on_error, **FAST_RETRIES)
+    client.track("dl_purchase", {"order": 1})
+    assert client.flush(timeout=5) is False
+    assert len(receiver.requests) == 4  # 1 + max_retries
+    stats = client.stats()
+    assert (stats.dropped_delivery, stats.retries, stats.delivered) == (1, 3, 0)
+    assert_balanced(stats)
+    ((events, error),) = reported
+    assert events == [receiver.requests[0].events[0]]
+    assert isinstance(error, cca.DeliveryError)
+    assert (error.status, error.attempts) == (status, 4)
+    assert error.batch_id == receiver.requests[0].json["batch_info"]["batch_id"]
+    assert f"HTTP {status}" in str(error) and "retries exhausted" in str(error)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_other_4xx_are_dropped_at_once_and_logged_with_the_body(
+    make_client: Any, receiver: Receiver, sdk_logs: pytest.LogCaptureFixture, status: int
+) -> None:
+    receiver.respond = lambda request: Reply(status, body=b'{"error": "bad things"}\n')
+    client = make_client(**FAST_RETRIES)
+    client.track("e")
+    assert client.flush(timeout=5) is False
+    assert len(receiver.requests) == 1
+    assert client.stats().dropped_delivery == 1
+    (record,) = [r for r in sdk_logs.records if r.levelno == logging.ERROR]
+    assert f"HTTP {status}" in record.getMessage()
+    assert "bad things" in record.getMessage() and "not retried" in record.getMessage()
+
+
+def test_the_retry_schedule_is_the_seeds(make_client: Any, receiver: Receiver) -> None:
+    receiver.respond = lambda request: Reply(500)
+    client = make_client(retry_delay_ms=100, max_retries=3)
+    client.track("e")
+    assert client.flush(timeout=5) is False
+    assert len(receiver.requests) == 4
+    for measured, expected in zip(gaps(receiver), [0.1, 0.2, 0.4]):
+        assert expected * 0.95 <= measured < expected + 0.15, gaps(receiver)
+
+
+def test_a_retried_batch_is_the_same_batch(make_client: Any, receiver: Receiver) -> None:
+    receiver.script(Reply(503), Reply(500))
+    client = make_client(**FAST_RETRIES)
+    client.track("e")
+    assert client.flush(timeout=5) is True
+    bodies = {r.body for r in receiver.requests}
+    keys = {r.headers["idempotency-key"] for r in receiver.requests}
+    assert len(receiver.requests) == 3 and len(bodies) == 1 and len(keys) == 1
+    stats = client.stats()
+    assert (stats.delivered, stats.retries, stats.batches_sent) == (1, 2, 1)
+
+
+def test_max_retries_zero_sends_once(make_client: Any, receiver: Receiver) -> None:
+    receiver.respond = lambda request: Reply(503)
+    client = make_client(max_retries=0)
+    client.track("e")
+    assert client.flush(timeout=5) is False
+    assert len(receiver.requests) == 1
+
+
+def test_connection_errors_are_retried_then_reported_in_plain_words(make_client: Any) -> None:
+    reported, on_error = collecting()
+    client = make_client(
+        endpoint=refused_url(), on_error=on_error, retry_delay_ms=10, max_retries=2
+    )
+    client.track("e")
+    assert client.flush(timeout=5) is False
+    stats = client.stats()
+    assert (stats.retries, stats.dropped_delivery) == (2, 1)
+    ((_, error),) = reported
+    assert isinstance(error, cca.DeliveryError)
+    assert error.attempts == 3 and error.status is None
+    assert "connection refused" in str(error)
+    assert stats.last_error is not None and "connection refused" in stats.last_error
+
+
+def test_a_read_timeout_is_retried_for_post(make_client: Any, receiver: Receiver) -> None:
+    receiver.script(Reply(202, delay=0.5))
+    client = make_client(request_timeout_ms=100, retry_delay_ms=10)
+    client.track("e")
+    assert client.flush(timeout=5) is True
+    assert len(receiver.requests) == 2
+    assert client.stats().retries == 1
+
+
+def test_retry_after_is_honoured(make_client: Any, receiver: Receiver) -> None:
+    receiver.script(
+        Reply(503, headers={"Retry-After": "1"}), Reply(429, headers={"Retry-After": "0"})
+    )
+    client = make_client(retry_delay_ms=10)
+    client.track("e")
+    assert client.flush(timeout=5) is True
+    first_wait, second_wait = gaps(receiver)
+    assert 1.0 <= first_wait < 1.3
+    assert second_wait < 0.2
+
+
+def test_retry_after_is_capped_at_60_seconds_and_only_read_on_429_and_503() -> None:
+    config = Config(endpoint="http://127.0.0.1/", retry_delay_ms=1000)
+    retry = DeliveryRetry.for_config(config, ShutdownClock(), lambda *args: None)
+
+    def response(status: int, value: str) -> HTTPResponse:
+        return HTTPResponse(body=b"", headers={"Retry-After": value}, status=status)
+
+    assert retry.retry_after_seconds(response(503, "3600")) == 60
+    assert retry.retry_after_seconds(response(429, "7")) == 7
+    assert retry.retry_after_seconds(response(500, "7")) is None
+    assert retry.retry_after_seconds(response(413, "7")) is None
+    assert retry.retry_after_seconds(response(503, "soon")) is None  # falls back to the schedule
+    assert [retry.new(history=(None,) * k).get_backoff_time() for k in range(8)] == [
+        0,
+        1,
+        2,
+        4,
+        8,
+        16,
+        32,
+        60,
+    ]
+
+
+def test_redirects_are_not_followed_and_name_the_location(
+    make_client: Any, receiver: Receiver
+) -> None:
+    receiver.respond = lambda request: Reply(
+        301, headers={"Location": "https://elsewhere.example/in?token=abc"}
+    )
+    reported, on_error = collecting()
+    client = make_client(
+        on_error=on_error, **FAST_RETRIES, headers={"Authorization": "Bearer s3cret"}
+    )
+    client.track("e")
+    assert client.flush(timeout=5) is False
+    assert len(receiver.requests) == 1
+    ((_, error),) = reported
+    assert "https://elsewhere.example/in?token=***" in str(error)
+    assert "set endpoint to the final URL" in str(error) and "abc" not in str(error)
+
+
+def test_413_splits_the_batch_until_it_fits(
+    make_client: Any, receiver: Receiver, sdk_logs: pytest.LogCaptureFixture
+) -> None:
+    receiver.respond = lambda request: Reply(413 if len(request.events) > 2 else 202)
+    client = make_client(batch_size=8, batch_interval_ms=60_000, retry_delay_ms=10)
+    for i in range(8):
+        client.track("e", {"i": i})
+    assert client.flush(timeout=5) is True
+    accepted = [r for r in receiver.requests if r.ok]
+    assert [len(r.events) for r in receiver.requests] == [8, 4, 2, 2, 4, 2, 2]
+    assert [e["i"] for e in receiver.delivered_events()] == list(range(8))
+    ids = [r.json["batch_info"]["batch_id"] for r in accepted]
+    assert len(set(ids)) == 4 and ids[0].endswith("-1-1") and ids[3].endswith("-2-2")
+    stats = client.stats()
+    assert (stats.delivered, stats.batches_sent, stats.retries) == (8, 4, 0)
+    assert any("HTTP 413" in r.getMessage() for r in sdk_logs.records)
+
+
+def test_413_on_a_single_event_drops_it_even_with_retry_after(
+    make_client: Any, receiver: Receiver
+) -> None:
+    receiver.respond = lambda request: Reply(413, headers={"Retry-After": "5"})
+    client = make_client(**FAST_RETRIES)
+    client.track("huge")
+    started = time.monotonic()
+    assert client.flush(timeout=5) is False
+    assert time.monotonic() - started < 1
+    assert len(receiver.requests) == 1 and client.stats().dropped_delivery == 1
+
+
+def test_a_failing_on_error_does_not_stop_delivery(
+    make_client: Any, receiver: Receiver, sdk_logs: pytest.LogCaptureFixture
+) -> None:
+    receiver.script(Reply(400))
+
+    def broken(events: Any, error: Any) -> None:
+        raise RuntimeError("bug in the user's callback")
+
+    client = make_client(on_error=broken, batch_size=1)
+    client.track("dropped")
+    assert client.flush(timeout=5) is False
+    client.track("delivered")
+    assert client.flush(timeout=5) is True
+    assert [e["event"] for e in receiver.delivered_events()] == ["delivered"]
+    assert any(
+        "on_error callback raised" in r.getMessage() and r.exc_info for r in sdk_logs.records
+    )
+
+
+def test_a_failing_header_callable_drops_the_batch_without_leaking(
+    make_client: Any, receiver: Receiver
+) -> None:
+    def token() -> str:
+        raise OSError("vault unreachable")
+
+    reported, on_error = collecting()
+    client = make_client(headers={"Authorization": token}, on_error=on_error)
+    client.track("e")
+    assert client.flush(timeout=5) is False
+    assert receiver.requests == []
+    ((_, error),) = reported
+    assert "headers['Authorization'] callable raised OSError" in str(error)
+
+
+def test_retries_are_logged_with_the_attempt(
+    make_client: Any, receiver: Receiver, sdk_logs: pytest.LogCaptureFixture
+) -> None:
+    receiver.script(Reply(503))
+    client = make_client(**FAST_RETRIES)
+    client.track("e")
+    assert client.flush(timeout=5)
+    messages = [r.getMessage() for r in sdk_logs.records if r.name == "campaign_cart_analytics"]
+    assert any("retrying (attempt 2) after HTTP 503" in m for m in messages), messages
