@@ -58,7 +58,9 @@ def main() -> int:
     args = parser.parse_args()
 
     sink = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("sink.py"))], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(Path(__file__).with_name("sink.py"))],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert sink.stdout is not None
