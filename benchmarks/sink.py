@@ -2,7 +2,8 @@
 
 Run as its own process so its CPU is not charged to the SDK:
     python benchmarks/sink.py        # prints "PORT <n>", then serves 127.0.0.1:<n>
-Answers every request 202 with an empty body, over keep-alive connections.
+Answers every request 202 (or the status given as its first argument) with an
+empty body, over keep-alive connections.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import socket
 import sys
 import threading
 
-REPLY = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
+STATUS = int(sys.argv[1]) if len(sys.argv) > 1 else 202
+REPLY = f"HTTP/1.1 {STATUS} Sink\r\nContent-Length: 0\r\n\r\n".encode()
 
 
 def serve_connection(conn: socket.socket) -> None:

@@ -271,7 +271,11 @@ class Analytics:
             thread = threading.Thread(
                 target=state.worker.run, name="campaign-cart-analytics", daemon=True
             )
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:  # no threads at interpreter shutdown, or none left
+                logger.exception("Cannot start the delivery thread; events stay queued")
+                return
             state.thread = thread
         _lifecycle.started(self)
 

@@ -13,7 +13,7 @@ from urllib3.response import HTTPResponse
 
 import campaign_cart_analytics as cca
 from campaign_cart_analytics.config import Config
-from campaign_cart_analytics.transport import DeliveryRetry, ShutdownClock
+from campaign_cart_analytics.transport import DeliveryRetry, ShutdownClock, Transport
 
 FAST_RETRIES = {"retry_delay_ms": 10, "max_retries": 3}
 
@@ -255,3 +255,14 @@ def test_retries_are_logged_with_the_attempt(
     assert client.flush(timeout=5)
     messages = [r.getMessage() for r in sdk_logs.records if r.name == "campaign_cart_analytics"]
     assert any("retrying (attempt 2) after HTTP 503" in m for m in messages), messages
+
+
+def test_one_retrying_adapter_serves_http_and_https() -> None:
+    config = Config(endpoint="https://api.example.com/analytics")
+    transport = Transport(config, ShutdownClock(), lambda *args: None)
+    session = transport._session
+    https, http = session.get_adapter("https://x.example"), session.get_adapter("http://x.example")
+    assert https is http
+    assert isinstance(https.max_retries, DeliveryRetry)
+    assert https.max_retries.total == 3 and https.max_retries.allowed_methods == {"POST"}
+    transport.close()
