@@ -7,16 +7,21 @@ own ``shutdown_timeout_ms``; this is the browser SDK's page-unload flush.
 
 After ``os.fork()`` every client in the child drops its parent's queue,
 thread, locks and HTTP session and starts afresh at its next ``track()``.
+
+``multiprocessing`` (and Celery's ``billiard``) end a forked child with
+``os._exit``, so ``atexit`` never runs there; their own exit hook does, and
+the child's clients are flushed from it instead.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .client import Analytics
@@ -67,3 +72,25 @@ def _after_fork_in_child() -> None:
     _running.clear()
     for client in list(_all_clients):
         client._reset_for_new_process()
+    _flush_when_a_pool_child_exits()
+
+
+class _ForkToken:
+    """A live object to key ``register_after_fork`` on (it holds only weak references)."""
+
+
+_FORK_TOKEN = _ForkToken()
+
+
+def _flush_when_a_pool_child_exits() -> None:
+    # A multiprocessing child clears its finalizers right after the fork, then
+    # runs the after-fork hooks: register the exit flush from one of those.
+    for name in ("multiprocessing.util", "billiard.util"):
+        util = sys.modules.get(name)
+        if util is None:
+            continue
+
+        def register_finalizer(_token: object, util: Any = util) -> None:
+            util.Finalize(None, shutdown_all_at_exit, exitpriority=10)
+
+        util.register_after_fork(_FORK_TOKEN, register_finalizer)

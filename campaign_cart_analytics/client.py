@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, ContextDecorator
 from typing import Any, Optional
 
 from . import _lifecycle
@@ -30,6 +32,7 @@ from .config import (
     settings_from_providers,
     unknown_option,
 )
+from .context import EventContext, Provider
 from .errors import QueueFullError, ShutdownDropError, TransformError
 from .events import EventFactory, UnencodableValue, copy_tree, encode, find_unencodable
 from .pending import PendingEvents
@@ -56,6 +59,8 @@ class _ProcessState:
         self.worker = Worker(config, self.pending, self.transport, self.clock)
         self.thread: Optional[threading.Thread] = None
         self.start_lock = threading.Lock()
+        self.queue_full_log = RateLimitedLog(WARNING_INTERVAL)
+        self.transform_log = RateLimitedLog(WARNING_INTERVAL)
 
     def _log_retry(self, batch_id: str, attempt: int, problem: str, waited: float) -> None:
         self.pending.count_retry(problem)
@@ -125,10 +130,11 @@ class Analytics:
         )
         self._events = EventFactory()
         self._state = _ProcessState(self.config)
-        self._queue_full_log = RateLimitedLog(WARNING_INTERVAL)
-        self._transform_log = RateLimitedLog(WARNING_INTERVAL)
+        self._context = EventContext()
         self._warned_closed = False
         _lifecycle.created(self)
+        if self.config.enabled:
+            warn_if_threads_cannot_run()
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Analytics:
@@ -172,7 +178,7 @@ class Analytics:
             self._reset_for_new_process()
             state = self._state
 
-        envelope = self._events.envelope(event, properties)
+        envelope = self._events.envelope(event, self._context.apply(properties))
         final = envelope
         if self.config.transform_function is not None:
             transformed = self._transform(envelope, state.pending)
@@ -189,9 +195,7 @@ class Analytics:
         if refused is not None:
             self._refused(refused, final)
             return None
-        thread = state.thread
-        if thread is None or not thread.is_alive():
-            self._start_worker(state)
+        self._ensure_worker(state)
         event_id = final.get("event_id")
         return event_id if isinstance(event_id, str) else str(envelope["event_id"])
 
@@ -226,7 +230,7 @@ class Analytics:
         exc_info: Optional[BaseException] = None,
     ) -> None:
         pending.refuse("dropped_transform_error")
-        self._transform_log.log(
+        self._state.transform_log.log(
             logging.ERROR, "Event %r dropped: %s", event.get("event"), error, exc_info=exc_info
         )
         report_error(self.config, [event], error)
@@ -256,13 +260,16 @@ class Analytics:
                 f"queue full ({self.config.max_queue_size} events waiting): event "
                 f"{event.get('event')!r} dropped; is the endpoint slow or down? see stats()"
             )
-            self._queue_full_log.log(logging.WARNING, "%s", message)
+            self._state.queue_full_log.log(logging.WARNING, "%s", message)
             report_error(self.config, [event], QueueFullError(message))
         elif not self._warned_closed:
             self._warned_closed = True
             logger.warning("track() called after shutdown(); events are dropped")
 
-    def _start_worker(self, state: _ProcessState) -> None:
+    def _ensure_worker(self, state: _ProcessState) -> None:
+        thread = state.thread
+        if thread is not None and thread.is_alive():
+            return
         with state.start_lock:
             if state.thread is not None and state.thread.is_alive():
                 return
@@ -279,17 +286,48 @@ class Analytics:
             state.thread = thread
         _lifecycle.started(self)
 
+    # ------------------------------------------------------------ context
+
+    def context(
+        self, provider: Optional[Provider] = None, /, **values: Any
+    ) -> AbstractContextManager[None]:
+        """A block whose events carry ``values`` (``user_properties=``, ``attribution=``, ...).
+
+        Events' own properties win; dicts on both sides are merged key by key;
+        blocks nest. ``provider``, a zero-argument callable returning such
+        values, is called at the first ``track()`` inside the block, if any.
+        Built on ``contextvars``: safe across threads and asyncio tasks.
+        """
+        return self._context.scope(provider, values)
+
+    def flushing(self, timeout: Optional[float] = None) -> Flushing:
+        """Flush when a block or function ends: for job handlers, Lambda, Celery tasks.
+
+        ``@analytics.flushing(timeout=2)`` on a handler, or ``with
+        analytics.flushing(timeout=2):`` around its body. The flush is bounded
+        by ``timeout`` and runs whether the handler returns or raises.
+        """
+        return Flushing(self, timeout)
+
     # ------------------------------------------------------------ flush, shutdown, stats
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Send everything queued now, without waiting for the batch interval.
 
         Blocks until those events are delivered or dropped, or ``timeout``
-        seconds pass. True only if every one of them was delivered.
+        seconds pass. True only if every event tracked since the previous
+        ``flush()`` began (or since the client was created) was delivered:
+        one dropped earlier, by a rejected batch, a full queue or a failing
+        transform, makes it False too. Filtered events do not count.
         """
         if not self.config.enabled:
             return True
-        _, delivered = self._state.pending.flush(timeout)
+        state = self._state
+        if state.pid != os.getpid():
+            return True  # nothing of the parent's is ours to send
+        if state.pending.stats().queued:
+            self._ensure_worker(state)
+        _, delivered = state.pending.flush(timeout)
         return delivered
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
@@ -350,6 +388,50 @@ class Analytics:
         """In a forked child: a fresh queue, thread and session; the parent sends its own."""
         self._events.reset_for_process()
         self._state = _ProcessState(self.config)
+
+
+class Flushing(ContextDecorator):
+    """``Analytics.flushing(timeout)``: flush at the end of a block or decorated function."""
+
+    def __init__(self, client: Analytics, timeout: Optional[float]) -> None:
+        self._client = client
+        self._timeout = timeout
+        self.delivered: Optional[bool] = None  # set when the block ends
+
+    def __enter__(self) -> Flushing:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.delivered = self._client.flush(self._timeout)
+        if not self.delivered:
+            logger.warning(
+                "flush at the end of the handler did not deliver everything: %s",
+                self._client.stats(),
+            )
+
+
+def warn_if_threads_cannot_run() -> None:
+    """Under uWSGI without ``enable-threads`` the delivery thread never runs: say so, once."""
+    global _warned_about_uwsgi
+    uwsgi = sys.modules.get("uwsgi")
+    if uwsgi is None or _warned_about_uwsgi:
+        return
+    options = getattr(uwsgi, "opt", {})
+
+    def option(name: str) -> Any:
+        return options.get(name, options.get(name.encode()))
+
+    threads = option("threads")
+    enabled = option("enable-threads") or (threads is not None and int(threads) > 1)
+    if not enabled:
+        _warned_about_uwsgi = True
+        logger.warning(
+            "uWSGI is running without threads: campaign_cart_analytics cannot deliver "
+            "events in the background. Start uWSGI with --enable-threads (or --threads N)."
+        )
+
+
+_warned_about_uwsgi = False
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:

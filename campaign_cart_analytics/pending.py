@@ -15,6 +15,11 @@ Sequence numbers make ``flush()`` exact. Events are numbered in queue order
 and the worker settles them in that order (a batch, or the halves of a split
 batch, one after the other), so "everything queued before this call has been
 settled" is ``settled_through >= the last number given out at the call``.
+
+A flush reports on its window: every event tracked since the previous flush
+began (or since the start). The window fails if any of its events was
+dropped, before the call (a batch rejected earlier, a full queue, a broken
+transform) or while the flush waited. Filtered events are not failures.
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ class PendingEvents:
         self._flush_through = 0
         self._closing = False
         self._waiters: list[_FlushWaiter] = []
+        self._last_dropped_seq = 0  # highest sequence number dropped after queueing
+        self._refused_drops = 0  # events dropped before they got a sequence number
+        self._window_start = (0, 0)  # (last seq, refused drops) when the last flush began
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._last_error: Optional[str] = None
 
@@ -89,10 +97,12 @@ class PendingEvents:
             self._counts["tracked"] += 1
             if self._closing:
                 self._counts["dropped_shutdown"] += 1
+                self._refused_drops += 1
                 return "dropped_shutdown"
             size = len(self._items)
             if size >= self._max_size:
                 self._counts["dropped_queue_full"] += 1
+                self._refused_drops += 1
                 return "dropped_queue_full"
             self._items.append((text, time.monotonic()))
             self._last_seq += 1
@@ -108,6 +118,8 @@ class PendingEvents:
         with self._work_ready:
             self._counts["tracked"] += 1
             self._counts[counter] += 1
+            if counter != "filtered":
+                self._refused_drops += 1
 
     # ------------------------------------------------------------ worker side
 
@@ -146,6 +158,8 @@ class PendingEvents:
             self._counts[counter] += count
             if counter == "delivered":
                 self._counts["batches_sent"] += 1
+            else:
+                self._last_dropped_seq = batch.last_seq
             self._settled_through = batch.last_seq
             self._update_waiters(batch.first_seq, failed=counter != "delivered")
             return True
@@ -164,18 +178,24 @@ class PendingEvents:
     def flush(self, timeout: Optional[float]) -> tuple[bool, bool]:
         """Have everything queued so far sent now; wait until it is settled or ``timeout``.
 
-        Returns ``(settled, delivered)``: whether every event pending at the
-        call was delivered or dropped in time, and whether all were delivered.
+        Returns ``(settled, delivered)``: whether every queued event was
+        delivered or dropped in time, and whether every event of this flush's
+        window (see the module doc) was delivered.
         """
         with self._settled:
+            window_seq, window_refused = self._window_start
+            self._window_start = (self._last_seq, self._refused_drops)
+            failed_before = (
+                self._last_dropped_seq > window_seq or self._refused_drops > window_refused
+            )
             waiter = self._request_flush()
             if waiter is None:
-                return True, True
+                return True, not failed_before
             try:
                 self._settled.wait_for(lambda: waiter.done, timeout)
             finally:
                 self._waiters.remove(waiter)
-            return waiter.done, waiter.done and not waiter.failed
+            return waiter.done, waiter.done and not waiter.failed and not failed_before
 
     def close(self) -> None:
         """Refuse new events and have the worker send everything, then stop."""
@@ -198,7 +218,7 @@ class PendingEvents:
             self._closing = True
             if self._settled_through < self._last_seq:
                 first_unsettled = self._settled_through + 1
-                self._settled_through = self._last_seq
+                self._settled_through = self._last_dropped_seq = self._last_seq
                 self._update_waiters(first_unsettled, failed=True)
             self._work_ready.notify()
             return count, texts

@@ -27,6 +27,9 @@ from .events import batch_body, new_batch_id
 from .pending import PendingEvents, TakenBatch
 from .transport import Outcome, ShutdownClock, Transport
 
+#: Seconds the loop pauses after an unexpected error of its own, before going on.
+ERROR_PAUSE = 0.1
+
 
 class Worker:
     """Delivers what ``pending`` hands it through ``transport``; run it in a daemon thread."""
@@ -45,16 +48,27 @@ class Worker:
 
     def run(self) -> None:
         while True:
-            batch = self._pending.take_batch()
+            try:
+                batch = self._pending.take_batch()
+            except Exception:
+                logger.exception("Unexpected error in the delivery thread; it goes on")
+                time.sleep(ERROR_PAUSE)  # a bug that repeats must not spin a core
+                continue
             if batch is None:
                 return
+            batch_id = new_batch_id()
             try:
-                self._deliver(batch, new_batch_id())
+                self._deliver(batch, batch_id)
             except Exception as exc:
-                logger.exception("Unexpected error while delivering a batch; it is dropped")
-                self._drop(batch, "dropped_delivery", DeliveryError(
-                    f"internal error: {type(exc).__name__}", batch_id="", attempts=0
-                ))  # fmt: skip
+                logger.exception(
+                    "Unexpected error while delivering batch %s; it is dropped", batch_id
+                )
+                error = DeliveryError(
+                    f"Batch {batch_id} dropped: internal error {type(exc).__name__}: {exc}",
+                    batch_id=batch_id,
+                    attempts=0,
+                )
+                self._drop(batch, "dropped_delivery", error)
 
     def _deliver(self, batch: TakenBatch, batch_id: str) -> None:
         body = batch_body(batch.texts, batch_id, time.time_ns() // 1_000_000)

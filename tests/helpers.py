@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 import campaign_cart_analytics as cca
 
 
@@ -9,3 +12,13 @@ def assert_balanced(stats: cca.Stats) -> None:
     """Every tracked event is in exactly one bucket (SPEC section 8)."""
     buckets = stats.queued + stats.delivered + stats.filtered + stats.dropped
     assert stats.tracked == buckets, stats
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` every 5 ms until it holds or ``timeout`` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import assert_balanced
+from helpers import assert_balanced, wait_until
 from receiver import Receiver, Reply
 
 import campaign_cart_analytics as cca
@@ -28,9 +28,29 @@ def test_flush_is_false_when_something_was_dropped(make_client: Any, receiver: R
     receiver.script(Reply(400))
     client = make_client(batch_size=1, batch_interval_ms=60_000)
     client.track("rejected")
+    assert wait_until(lambda: client.stats().dropped_delivery == 1)
     client.track("accepted")
+    assert client.flush(timeout=5) is False  # the window holds an event dropped before the call
+    client.track("next")
+    assert client.flush(timeout=5) is True  # a new window: everything since the last flush
+    assert client.flush(timeout=5) is True
+
+
+def test_flush_counts_queue_full_and_transform_drops_but_not_filtering(
+    make_client: Any, receiver: Receiver
+) -> None:
+    def transform(event: dict[str, Any]) -> Any:
+        if event["event"] == "broken":
+            raise ValueError("bug")
+        return None if event["event"] == "sampled_out" else event
+
+    client = make_client(transform_function=transform)
+    client.track("sampled_out")
+    client.track("kept")
+    assert client.flush(timeout=5) is True
+    client.track("broken")
     assert client.flush(timeout=5) is False
-    assert client.flush(timeout=5) is True  # the next flush covers only what is pending now
+    assert client.flush(timeout=5) is True
 
 
 def test_flush_timeout_holds_while_a_retry_waits(make_client: Any, receiver: Receiver) -> None:

@@ -110,6 +110,8 @@ def test_a_full_queue_drops_counts_warns_once_and_reports(
     assert all(isinstance(e, cca.QueueFullError) for e in reported)
     warnings = [r for r in sdk_logs.records if "queue full" in r.getMessage()]
     assert len(warnings) == 1
+    assert client.flush(timeout=5) is False  # its window lost events to the full queue
+    assert client.stats().queued == 0
     assert client.flush(timeout=5) is True
     assert_balanced(client.stats())
     client.shutdown(timeout=1)
