@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Optional
 
 from ._version import __version__
@@ -39,7 +40,9 @@ __all__ = [
     "TransformError",
     "__version__",
     "configure",
+    "context",
     "flush",
+    "get_client",
     "shutdown",
     "track",
     "use_analytics",
@@ -64,7 +67,8 @@ def configure(**options: Any) -> Analytics:
     return client
 
 
-def _client() -> Analytics:
+def get_client() -> Analytics:
+    """The module-level client; ``RuntimeError`` if ``configure`` was not called yet."""
     client = _default_client
     if client is None:
         raise RuntimeError(
@@ -74,16 +78,21 @@ def _client() -> Analytics:
     return client
 
 
+def context(**values: Any) -> AbstractContextManager[None]:
+    """``context`` on the module-level client (see ``Analytics.context``)."""
+    return get_client().context(**values)
+
+
 def track(event: str, properties: Optional[Mapping[str, Any]] = None) -> Optional[str]:
     """``track`` on the module-level client (see ``configure``)."""
-    return _client().track(event, properties)
+    return get_client().track(event, properties)
 
 
 def flush(timeout: Optional[float] = None) -> bool:
     """``flush`` on the module-level client (see ``configure``)."""
-    return _client().flush(timeout)
+    return get_client().flush(timeout)
 
 
 def shutdown(timeout: Optional[float] = None) -> bool:
     """``shutdown`` on the module-level client (see ``configure``)."""
-    return _client().shutdown(timeout)
+    return get_client().shutdown(timeout)

@@ -39,12 +39,10 @@ class _LazyLayer:
         if self._values is None:
             try:
                 produced = self._provider()
+                self._values = {} if produced is None else _checked(produced)
             except Exception:
-                logger.exception(
-                    "Context provider %r raised; its values are left out", self._provider
-                )
-                produced = None
-            self._values = _checked(produced) if produced is not None else {}
+                logger.exception("Context provider %r failed; values left out", self._provider)
+                self._values = {}
         return self._values
 
 
@@ -101,7 +99,13 @@ class EventContext:
         return self._layers.set(layers)
 
     def exit(self, token: contextvars.Token[tuple[Layer, ...]]) -> None:
-        self._layers.reset(token)
+        try:
+            self._layers.reset(token)
+        except ValueError:
+            # Entered in another contextvars.Context (a framework hook that copied
+            # it): restore by value, so one request's values never reach the next.
+            previous = token.old_value
+            self._layers.set(() if previous is contextvars.Token.MISSING else previous)
 
     def apply(self, properties: Mapping[str, Any]) -> Mapping[str, Any]:
         """``properties`` over the current context; the same object when there is none."""

@@ -1,0 +1,146 @@
+"""Threads, backpressure and a delivery thread that cannot die (issue: safe in real servers)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import types
+from typing import Any
+
+import pytest
+from helpers import assert_balanced, wait_until
+from receiver import Receiver, Reply
+
+import campaign_cart_analytics as cca
+from campaign_cart_analytics import client as client_module
+from campaign_cart_analytics import worker as worker_module
+
+
+def test_sixteen_threads_lose_and_duplicate_nothing(make_client: Any, receiver: Receiver) -> None:
+    client = make_client(batch_size=50, max_queue_size=20_000)
+    start = threading.Barrier(16)
+
+    def work(n: int) -> None:
+        start.wait()
+        for i in range(500):
+            client.track("e", {"thread": n, "i": i})
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert client.flush(timeout=30) is True
+    events = receiver.delivered_events()
+    assert sorted((e["thread"], e["i"]) for e in events) == [
+        (n, i) for n in range(16) for i in range(500)
+    ]
+    assert len({e["event_id"] for e in events}) == 8000
+    assert client.stats().delivered == 8000
+
+
+def test_track_never_blocks_while_the_endpoint_stalls(make_client: Any, receiver: Receiver) -> None:
+    receiver.respond = lambda request: Reply(202, delay=3)  # accepts, then hangs
+    client = make_client(batch_size=10, max_queue_size=500, request_timeout_ms=5000)
+    latencies = []
+    for i in range(20_000):
+        started = time.perf_counter()
+        client.track("dl_view_item", {"i": i, "ecommerce": {"value": 1.5}})
+        latencies.append(time.perf_counter() - started)
+    latencies.sort()
+    assert latencies[-1] < 0.050, latencies[-5:]  # no call over 50 ms
+    assert latencies[len(latencies) // 2] < 0.001
+    stats = client.stats()
+    assert stats.dropped_queue_full >= 19_000  # the queue filled up and stayed full
+    assert_balanced(stats)
+
+
+def test_an_unexpected_error_in_the_worker_is_logged_and_it_goes_on(
+    make_client: Any,
+    receiver: Receiver,
+    sdk_logs: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_batch_body = worker_module.batch_body
+    calls = {"n": 0}
+
+    def buggy_batch_body(*args: Any) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyError("a bug of ours")
+        return real_batch_body(*args)
+
+    monkeypatch.setattr(worker_module, "batch_body", buggy_batch_body)
+    reported: list[BaseException] = []
+    client = make_client(batch_size=1, on_error=lambda events, error: reported.append(error))
+    client.track("lost_to_the_bug")
+    assert client.flush(timeout=5) is False
+    client.track("delivered")
+    assert client.flush(timeout=5) is True
+    assert [e["event"] for e in receiver.delivered_events()] == ["delivered"]
+    stats = client.stats()
+    assert (stats.dropped_delivery, stats.delivered) == (1, 1)
+    assert "internal error KeyError" in str(reported[0])
+    assert any(
+        "Unexpected error while delivering" in r.getMessage() and r.exc_info
+        for r in sdk_logs.records
+    )
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_thread_is_restarted_by_the_next_track(
+    make_client: Any, receiver: Receiver, sdk_logs: pytest.LogCaptureFixture
+) -> None:
+    client = make_client(batch_size=1)
+    pending = client._state.pending
+    real_take_batch = pending.take_batch
+
+    def take_batch_then_die() -> Any:
+        pending.take_batch = real_take_batch
+        raise SystemExit  # ends the thread, as nothing in its loop should
+
+    pending.take_batch = take_batch_then_die  # type: ignore[method-assign]
+
+    client.track("first")  # starts the thread, which dies at once
+    assert wait_until(lambda: not client._state.thread.is_alive())
+    client.track("second")  # finds it dead: starts a new one
+    assert client.flush(timeout=5) is True
+    assert sorted(e["event"] for e in receiver.delivered_events()) == ["first", "second"]
+    assert any("delivery thread had stopped" in r.getMessage() for r in sdk_logs.records)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_flush_restarts_a_dead_thread_too(make_client: Any, receiver: Receiver) -> None:
+    client = make_client(batch_interval_ms=60_000)
+    pending = client._state.pending
+    real_take_batch = pending.take_batch
+
+    def die() -> Any:
+        pending.take_batch = real_take_batch
+        raise SystemExit
+
+    pending.take_batch = die  # type: ignore[method-assign]
+
+    client.track("queued")
+    assert wait_until(lambda: not client._state.thread.is_alive())
+    assert client.flush(timeout=5) is True
+    assert len(receiver.delivered_events()) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "warned"),
+    [({}, True), ({"enable-threads": True}, False), ({b"threads": b"4"}, False)],
+)
+def test_uwsgi_without_threads_is_warned_about_once(
+    monkeypatch: pytest.MonkeyPatch,
+    sdk_logs: pytest.LogCaptureFixture,
+    options: dict[Any, Any],
+    warned: bool,
+) -> None:
+    monkeypatch.setitem(sys.modules, "uwsgi", types.SimpleNamespace(opt=options))
+    monkeypatch.setattr(client_module, "_warned_about_uwsgi", False)
+    cca.Analytics("http://127.0.0.1:9/analytics")
+    cca.Analytics("http://127.0.0.1:9/analytics")
+    warnings = [r for r in sdk_logs.records if "--enable-threads" in r.getMessage()]
+    assert len(warnings) == (1 if warned else 0)
