@@ -48,25 +48,56 @@ def test_cron_job_exits_nonzero_when_events_were_lost(receiver: Receiver, down: 
     assert "25 events not delivered" in result.stderr
 
 
-def test_flask_view_tracks_without_waiting_for_the_endpoint(
+def test_flask_app_tracks_with_the_request_context(
     receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CCA_ENDPOINT", receiver.url)
-    spec = importlib.util.spec_from_file_location("flask_view_example", EXAMPLES / "flask_view.py")
+    spec = importlib.util.spec_from_file_location("flask_app_example", EXAMPLES / "flask_app.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    client = module.app.extensions["campaign_cart_analytics"]
     try:
-        client = module.app.test_client()
-        response = client.post(
+        response = module.app.test_client().post(
             "/cart/items?utm_source=google&utm_medium=cpc",
             json={"item_id": "SKU123", "price": 29.99, "quantity": 2},
         )
         assert response.status_code == 201 and response.get_json() == {"cart_size": 1}
-        assert module.analytics.flush(timeout=5)
+        assert client.flush(timeout=5)
         (event,) = receiver.delivered_events()
         assert event["event"] == "dl_add_to_cart"
         assert event["ecommerce"]["value"] == 59.98
         assert event["attribution"] == {"source": "google", "medium": "cpc"}
+        assert len(event["user_properties"]["session_id"]) == 32
     finally:
-        module.analytics.shutdown(timeout=1)
+        client.shutdown(timeout=1)
+
+
+def test_django_project_tracks_through_the_middleware(receiver: Receiver, tmp_path: Path) -> None:
+    project = EXAMPLES / "django_project"
+    script = (
+        "import django, json; django.setup()\n"
+        "from django.core.management import call_command; call_command('migrate', verbosity=0)\n"
+        "from django.test import Client\n"
+        "r = Client().get('/cart/add/SKU123?utm_source=google&utm_campaign=summer_sale')\n"
+        "assert r.status_code == 200, r.status_code\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "shop.settings",
+            "CCA_ENDPOINT": receiver.url,
+            "SHOP_DATABASE": str(tmp_path / "shop.sqlite3"),
+            "PYTHONPATH": str(project),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    (event,) = receiver.delivered_events()  # delivered by the exit-time flush
+    assert event["event"] == "dl_add_to_cart" and event["ecommerce"]["value"] == 29.99
+    assert event["attribution"] == {"source": "google", "campaign": "summer_sale"}
+    assert event["user_properties"]["session_id"]

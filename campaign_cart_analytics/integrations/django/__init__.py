@@ -16,7 +16,8 @@ gives every event tracked during a request ``user_properties.session_id``
 (the session key), ``user_properties.user_id`` (the authenticated user's
 primary key, as a str) and ``attribution`` from ``utm_source``,
 ``utm_medium`` and ``utm_campaign``. The event's own values win. Nothing is
-looked up for a request that tracks nothing.
+looked up for a request that tracks nothing. A new visitor's session is
+created at its first tracked event, so all events of a visit share its key.
 """
 
 from __future__ import annotations
@@ -32,9 +33,20 @@ from .._request import request_properties
 __all__ = ["AnalyticsMiddleware"]
 
 
+#: Kept in a new visitor's session so that Django persists it (and sets its cookie).
+SESSION_MARKER = "cca_session"
+
+
 def _session_and_query(request: Any) -> tuple[Optional[str], Any]:
     session = getattr(request, "session", None)
-    return getattr(session, "session_key", None), request.GET
+    if session is None:
+        return None, request.GET
+    if session.session_key is None:
+        # A new visitor: Django would make the key only when saving the response,
+        # after this event. Make it now, so every event of the visit shares it.
+        session[SESSION_MARKER] = True
+        session.save()
+    return session.session_key, request.GET
 
 
 def _properties(request: Any) -> dict[str, Any]:
