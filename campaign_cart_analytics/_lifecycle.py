@@ -8,9 +8,10 @@ own ``shutdown_timeout_ms``; this is the browser SDK's page-unload flush.
 After ``os.fork()`` every client in the child drops its parent's queue,
 thread, locks and HTTP session and starts afresh at its next ``track()``.
 
-``multiprocessing`` (and Celery's ``billiard``) end a forked child with
-``os._exit``, so ``atexit`` never runs there; their own exit hook does, and
-the child's clients are flushed from it instead.
+Some pools end a forked child with ``os._exit``, so ``atexit`` never runs
+there. ``multiprocessing`` runs its own finalizers first, and Celery's
+prefork pool sends ``worker_process_shutdown``: the child's clients are
+flushed from those instead.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def created(client: Analytics) -> None:
             if hasattr(os, "register_at_fork"):
                 os.register_at_fork(after_in_child=_after_fork_in_child)
             _hooks_installed = True
+    _flush_when_a_celery_child_exits()
 
 
 def started(client: Analytics) -> None:
@@ -73,6 +75,7 @@ def _after_fork_in_child() -> None:
     for client in list(_all_clients):
         client._reset_for_new_process()
     _flush_when_a_pool_child_exits()
+    _flush_when_a_celery_child_exits()
 
 
 class _ForkToken:
@@ -85,12 +88,25 @@ _FORK_TOKEN = _ForkToken()
 def _flush_when_a_pool_child_exits() -> None:
     # A multiprocessing child clears its finalizers right after the fork, then
     # runs the after-fork hooks: register the exit flush from one of those.
-    for name in ("multiprocessing.util", "billiard.util"):
-        util = sys.modules.get(name)
-        if util is None:
-            continue
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
 
-        def register_finalizer(_token: object, util: Any = util) -> None:
-            util.Finalize(None, shutdown_all_at_exit, exitpriority=10)
+    def register_finalizer(_token: object) -> None:
+        util.Finalize(None, shutdown_all_at_exit, exitpriority=10)
 
-        util.register_after_fork(_FORK_TOKEN, register_finalizer)
+    util.register_after_fork(_FORK_TOKEN, register_finalizer)
+
+
+def _flush_when_a_celery_child_exits() -> None:
+    # Celery's prefork children leave through os._exit, past atexit and the
+    # multiprocessing finalizers, but send this signal just before.
+    signals = sys.modules.get("celery.signals")
+    if signals is not None:
+        signals.worker_process_shutdown.connect(
+            _on_celery_worker_process_shutdown, weak=False, dispatch_uid=__name__
+        )
+
+
+def _on_celery_worker_process_shutdown(**_signal_arguments: Any) -> None:
+    shutdown_all_at_exit()
