@@ -40,8 +40,10 @@ def test_prefork_children_deliver_at_warm_shutdown(receiver: Receiver, tmp_path:
         assert wait_until(
             lambda: done.exists() and len(done.read_text().splitlines()) == 16, timeout=60
         ), "tasks did not run"
-        flushed = [e for e in receiver.delivered_events() if e["event"] == "flushed_task"]
-        assert len(flushed) == 8  # flushing(): delivered before each task returned
+        # flushing(): each task's event is delivered before the task returns.
+        assert wait_until(
+            lambda: sum(e["event"] == "flushed_task" for e in receiver.delivered_events()) == 8
+        )
     finally:
         worker.send_signal(signal.SIGTERM)  # warm shutdown
         _, stderr = worker.communicate(timeout=60)
