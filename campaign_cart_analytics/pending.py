@@ -229,10 +229,6 @@ class PendingEvents:
         with self._settled:
             return Stats(**self._counts, last_error=self._last_error)
 
-    @property
-    def closing(self) -> bool:
-        return self._closing
-
     # ------------------------------------------------------------ internals (lock held)
 
     def _request_flush(self) -> Optional[_FlushWaiter]:
