@@ -167,7 +167,7 @@ class Analytics:
             raise ValueError("event must be a non-empty str")
         if properties is None:
             properties = {}
-        elif not isinstance(properties, Mapping):
+        elif type(properties) is not dict and not isinstance(properties, Mapping):
             raise TypeError(
                 f"properties must be a mapping or None; got {type(properties).__name__}"
             )

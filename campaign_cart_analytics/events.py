@@ -26,7 +26,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 SOURCE = "next-campaign-cart"
 
@@ -137,10 +137,7 @@ class EventFactory:
     def envelope(self, name: str, properties: Mapping[str, Any]) -> dict[str, Any]:
         """The event object for ``track(name, properties)``, ids and time filled in."""
         event: dict[str, Any] = {"event": name, "event_id": None, "event_time": None}
-        for key, value in properties.items():
-            if not isinstance(key, str):
-                raise TypeError(f"properties: keys must be str; got {key!r}")
-            event[key] = value
+        event.update(properties)
         if event["event"] != name:
             raise ValueError(
                 f"properties['event'] is {event['event']!r} but the event name is {name!r}"
@@ -160,7 +157,7 @@ class EventFactory:
 
     def _session_id(self, event: Mapping[str, Any]) -> str:
         user_properties = event.get("user_properties")
-        if isinstance(user_properties, Mapping):
+        if type(user_properties) is dict or isinstance(user_properties, Mapping):
             session_id = user_properties.get("session_id")
             if session_id is not None and session_id != "":
                 return str(session_id)
@@ -215,10 +212,33 @@ _ENCODER = json.JSONEncoder(
 )
 
 
+def _fast_encoder() -> Callable[[Any], str]:
+    """The C encoder ``json`` builds on every call, built once; else the plain encoder.
+
+    No circular-reference markers: a cycle ends in ``RecursionError`` instead,
+    which ``encode`` turns into the same error as any other bad value.
+    """
+    make: Any = getattr(json.encoder, "c_make_encoder", None)
+    try:
+        iterencode = make(
+            None, _encode_extra, json.encoder.encode_basestring, None, ":", ",",
+            False, False, False,
+        )  # fmt: skip
+        sample = {"a": [1, 2.5, "é\n", None, True, {"b": decimal.Decimal("1.10")}]}
+        if "".join(iterencode(sample, 0)) == _ENCODER.encode(sample):
+            return lambda value: "".join(iterencode(value, 0))
+    except Exception:  # another Python, another signature: the plain encoder is correct too
+        pass
+    return _ENCODER.encode
+
+
+_encode_json = _fast_encoder()
+
+
 def encode(event: Mapping[str, Any]) -> str:
     """The event as compact JSON text; ``UnencodableValue`` names the first bad path."""
     try:
-        text = _ENCODER.encode(event)
+        text = _encode_json(event)
     except (TypeError, ValueError, RecursionError):
         problem = find_unencodable(event)
         if problem is None:  # pragma: no cover - the walk and the encoder agree on every type

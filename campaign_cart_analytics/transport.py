@@ -225,6 +225,13 @@ class Transport:
             name: value for name, value in config.headers.items() if isinstance(value, str)
         }
         self._session.headers.update(self._static_headers)
+        # All but the body and per-batch headers is the same for every batch: prepare it
+        # once (session headers, URL credentials, .netrc, proxy and TLS settings from the
+        # environment). session.post() would read the environment again for each batch.
+        self._template = self._session.prepare_request(requests.Request("POST", config.endpoint))
+        self._send_options = self._session.merge_environment_settings(
+            config.endpoint, {}, None, None, None
+        )
 
     def close(self) -> None:
         self._session.close()
@@ -232,20 +239,18 @@ class Transport:
     def send(self, body: bytes, batch_id: str) -> Outcome:
         """POST one batch body, with retries; never raises for HTTP or network trouble."""
         self._batch_id = batch_id
+        request = self._template.copy()
         try:
-            headers = self._headers_for(batch_id)
+            request.headers.update(self._headers_for(batch_id))
         except Exception as exc:  # a header callable failed: no request can be made
             return Outcome("failed", attempts=0, problem=str(exc))
+        request.prepare_body(body, None)
         timeout = self._clock.attempt_timeout(self._config.request_timeout_ms / 1000)
         if timeout <= 0:
             return Outcome("cut_short", attempts=0, problem="shutdown deadline passed")
         try:
-            response = self._session.post(
-                self._config.endpoint,
-                data=body,
-                headers=headers,
-                timeout=(timeout, timeout),
-                allow_redirects=False,
+            response = self._session.send(
+                request, timeout=(timeout, timeout), allow_redirects=False, **self._send_options
             )
         except RetryCutShort as cut:
             return Outcome("cut_short", attempts=cut.failed_attempts, problem=cut.last_problem)

@@ -129,7 +129,7 @@ def test_callers_event_id_and_event_time_are_kept_for_backfills(
         ),
         ("e", {"event_id": ""}, TypeError, r"properties\['event_id'\]"),
         ("e", {"event": "other"}, ValueError, "but the event name is 'e'"),
-        ("e", {1: "x"}, TypeError, "keys must be str"),
+        ("e", {(1, 2): "x"}, TypeError, r"dict key \(1, 2\) is not a str"),
     ],
 )
 def test_programming_errors_raise_at_once(

@@ -1,0 +1,166 @@
+"""This SDK against Segment's analytics-python, side by side, in one run.
+
+    pip install -e '.[bench]'
+    python benchmarks/compare.py [--runs 3] [--scenarios deliver,memory,exit,flaky]
+
+Every measurement is a fresh process (``run.py``) against a fresh sink
+(``sink.py``, its own process), the two SDKs alternating run by run so that
+both see the same machine noise. Prints the medians as a Markdown table,
+with Segment/ours ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+HERE = Path(__file__).parent
+SDKS = ("ours", "segment")
+EXIT_CAP_S = 20.0  # an exit still running after this is killed and reported as "> 20 s"
+
+
+class Sink:
+    def __init__(self, *flags: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "sink.py"), *flags], stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        port = self.process.stdout.readline().split()[1]
+        self.url = f"http://127.0.0.1:{port}/analytics"
+
+    def counts(self) -> dict[str, int]:
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            counts: dict[str, int] = json.loads(response.read())
+            return counts
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def refused_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/analytics"
+
+
+def run(scenario: str, sdk: str, url: str, timeout: float = 600) -> tuple[dict[str, Any], float]:
+    """One run.py process; its JSON result and when it exited (None fields if it was killed)."""
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "run.py"), scenario, "--sdk", sdk, "--url", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # Segment logs every failed upload there
+        text=True,
+    )
+    try:
+        stdout, _ = process.communicate(timeout=timeout)
+        exited = time.monotonic()
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, _ = process.communicate()
+        exited = float("inf")
+    return json.loads(stdout.splitlines()[0]), exited
+
+
+def measure(scenario: str, sdk: str) -> dict[str, Optional[float]]:
+    if scenario == "deliver":
+        sink = Sink()
+        try:
+            result, _ = run("deliver", sdk, sink.url)
+            delivered = sink.counts()["events"]
+        finally:
+            sink.close()
+        return {
+            "track() p50 (us)": result["track_p50_us"],
+            "track() p99 (us)": result["track_p99_us"],
+            "delivered events/s": result["events_per_s"],
+            "CPU per delivered event (us)": result["cpu_s"] / delivered * 1e6,
+            "delivered of 50,000": delivered,
+        }
+    if scenario == "memory":
+        result, _ = run("memory", sdk, refused_url())
+        return {"RSS growth, 200,000 tracks, endpoint down (MB)": result["rss_growth_mb"]}
+    if scenario == "exit":
+        row: dict[str, Optional[float]] = {}
+        for state in ("refused", "503", "up"):
+            sink = (
+                None if state == "refused" else Sink("--status", "503" if state == "503" else "200")
+            )
+            url = refused_url() if sink is None else sink.url
+            try:
+                result, exited = run("exit", sdk, url, timeout=EXIT_CAP_S)
+                row[f"exit after last track(), endpoint {state} (s)"] = (
+                    exited - result["last_track"]
+                )
+                if sink is not None and state == "up":
+                    row["delivered at exit of 1,000, endpoint up"] = sink.counts()["events"]
+            finally:
+                if sink is not None:
+                    sink.close()
+        return row
+    if scenario == "flaky":
+        sink = Sink("--fail-percent", "30", "--count-ids")
+        try:
+            result, _ = run("flaky", sdk, sink.url)
+            counts = sink.counts()
+        finally:
+            sink.close()
+        return {
+            "30% HTTP 500: drain after flush() (s)": result["drain_s"],
+            "30% HTTP 500: delivered of 10,000": counts["distinct"],
+            "30% HTTP 500: duplicates": counts["events"] - counts["distinct"],
+        }
+    raise ValueError(scenario)
+
+
+def fmt(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    if value == float("inf"):
+        return f"> {EXIT_CAP_S:g}"
+    if value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--scenarios", default="deliver,memory,exit,flaky")
+    args = parser.parse_args()
+    table: dict[str, dict[str, list[float]]] = {}
+    for scenario in args.scenarios.split(","):
+        for run_number in range(args.runs):
+            for sdk in SDKS:
+                started = time.monotonic()
+                for metric, value in measure(scenario, sdk).items():
+                    table.setdefault(metric, {}).setdefault(sdk, []).append(value)
+                took = time.monotonic() - started
+                print(f"  {scenario} run {run_number + 1} {sdk}: {took:.1f} s", file=sys.stderr)
+    print(f"\nMedians of {args.runs} runs; Segment is segment-analytics-python", end=" ")
+    print(f"{_segment_version()}, batch size 100 for both.\n")
+    print("| metric | ours | Segment | Segment / ours |")
+    print("|---|---:|---:|---:|")
+    for metric, by_sdk in table.items():
+        ours, segment = (statistics.median(by_sdk[sdk]) for sdk in SDKS)
+        ratio = segment / ours if ours and segment != float("inf") else None
+        print(f"| {metric} | {fmt(ours)} | {fmt(segment)} | {fmt(ratio) if ratio else '-'} |")
+    return 0
+
+
+def _segment_version() -> str:
+    from importlib.metadata import version
+
+    return version("segment-analytics-python")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
