@@ -73,9 +73,9 @@ class PendingEvents:
         self._batch_size = batch_size
         self._max_size = max_size
         self._interval = interval
-        lock = threading.Lock()
-        self._work_ready = threading.Condition(lock)  # the worker waits on this
-        self._settled = threading.Condition(lock)  # flush() and shutdown() wait on this
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)  # the worker waits on this
+        self._settled = threading.Condition(self._lock)  # flush() and shutdown() wait on this
         self._items: collections.deque[tuple[str, float]] = collections.deque()
         self._head_seq = 1  # sequence number of self._items[0]
         self._last_seq = 0  # last sequence number given out
@@ -93,7 +93,7 @@ class PendingEvents:
 
     def put(self, text: str) -> Optional[str]:
         """Queue one encoded event; None when queued, else the counter it was dropped under."""
-        with self._work_ready:
+        with self._lock:  # the bare lock: cheaper to enter than its Condition, same lock
             self._counts["tracked"] += 1
             if self._closing:
                 self._counts["dropped_shutdown"] += 1
@@ -115,7 +115,7 @@ class PendingEvents:
 
     def refuse(self, counter: str) -> None:
         """Count a tracked event that never reached the queue (filtered, transform error)."""
-        with self._work_ready:
+        with self._lock:
             self._counts["tracked"] += 1
             self._counts[counter] += 1
             if counter != "filtered":
