@@ -228,7 +228,7 @@ class Transport:
         # All but the body and per-batch headers is the same for every batch: prepare it
         # once (session headers, URL credentials, .netrc, proxy and TLS settings from the
         # environment). session.post() would read the environment again for each batch.
-        self._template = self._session.prepare_request(requests.Request("POST", config.endpoint))
+        self._template = self._prepare_template()
         self._send_options = self._session.merge_environment_settings(
             config.endpoint, {}, None, None, None
         )
@@ -236,10 +236,16 @@ class Transport:
     def close(self) -> None:
         self._session.close()
 
+    def _prepare_template(self) -> requests.PreparedRequest:
+        return self._session.prepare_request(requests.Request("POST", self._config.endpoint))
+
     def send(self, body: bytes, batch_id: str) -> Outcome:
         """POST one batch body, with retries; never raises for HTTP or network trouble."""
         self._batch_id = batch_id
-        request = self._template.copy()
+        # Cookies the endpoint set (load balancer stickiness) go back on later batches:
+        # once there are any, prepare each request afresh so the session adds them.
+        template = self._template if not self._session.cookies else self._prepare_template()
+        request = template.copy()
         try:
             request.headers.update(self._headers_for(batch_id))
         except Exception as exc:  # a header callable failed: no request can be made

@@ -266,3 +266,15 @@ def test_one_retrying_adapter_serves_http_and_https() -> None:
     assert isinstance(https.max_retries, DeliveryRetry)
     assert https.max_retries.total == 3 and https.max_retries.allowed_methods == {"POST"}
     transport.close()
+
+
+def test_cookies_the_endpoint_sets_are_sent_back(make_client: Any, receiver: Receiver) -> None:
+    receiver.script(Reply(202, headers={"Set-Cookie": "AWSALB=sticky-1; Path=/"}))
+    client = make_client(batch_size=1)
+    client.track("first")
+    assert client.flush(timeout=5)
+    client.track("second")
+    assert client.flush(timeout=5)
+    first, second = receiver.requests
+    assert "cookie" not in first.headers
+    assert second.headers["cookie"] == "AWSALB=sticky-1"
