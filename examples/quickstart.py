@@ -1,8 +1,8 @@
-"""Quick start: track a shopping session and watch it arrive, with no server to set up.
+"""Quick start: track a shopping session and see it arrive, with no server to set up.
 
-Starts a small receiver on a free 127.0.0.1 port (in this process), points
-the SDK at it, tracks a view, an add-to-cart and a purchase with a transform
-that scrubs a PII field, flushes, and prints what the receiver got.
+Starts the package's reference receiver on a free 127.0.0.1 port (SQLite in
+memory), points a client at it, tracks a view, an add-to-cart and a purchase
+with a transform that scrubs a PII field, flushes, and prints what arrived.
 
     python examples/quickstart.py
 """
@@ -10,40 +10,10 @@ that scrubs a PII field, flushes, and prints what the receiver got.
 from __future__ import annotations
 
 import decimal
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import campaign_cart_analytics as cca
-
-received: list[dict[str, Any]] = []
-
-
-class Receiver(BaseHTTPRequestHandler):
-    """Accepts batches the way the seed recommends: 202 and a small JSON body."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        batch = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        received.extend(batch["events"])
-        body = json.dumps(
-            {
-                "success": True,
-                "message": "Analytics events received",
-                "batch_id": batch["batch_info"]["batch_id"],
-                "events_processed": len(batch["events"]),
-            }
-        ).encode()
-        self.send_response(202)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+from campaign_cart_analytics.receiver import create_app, serve
 
 
 def scrub_pii(event: dict[str, Any]) -> dict[str, Any]:
@@ -53,23 +23,20 @@ def scrub_pii(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    endpoint = f"http://127.0.0.1:{server.server_port}/analytics"
-    print(f"Receiver listening on {endpoint}")
+    receiver = serve(create_app(token="demo-token"))
+    print(f"Receiver listening on {receiver.url}")
 
     user = {"user_id": "user_123", "session_id": "sess_123", "customer_phone": "555-0100"}
-    item = {
-        "item_id": "SKU123",
-        "item_name": "Trail Shoe",
-        "price": decimal.Decimal("99.99"),
-        "quantity": 1,
-    }
-    cart = {"value": decimal.Decimal("99.99"), "currency": "USD", "items": [item]}
+    price = decimal.Decimal("99.99")
+    item = {"item_id": "SKU123", "item_name": "Trail Shoe", "price": price, "quantity": 1}
+    cart = {"value": price, "currency": "USD", "items": [item]}
     attribution = {"source": "google", "medium": "cpc", "campaign": "summer_sale"}
 
-    with cca.Analytics(endpoint, headers={"Authorization": "Bearer demo-token"},
-                       transform_function=scrub_pii) as analytics:  # fmt: skip
+    with cca.Analytics(
+        receiver.url,
+        headers={"Authorization": "Bearer demo-token"},
+        transform_function=scrub_pii,
+    ) as analytics:
         for name in ("dl_view_item", "dl_add_to_cart", "dl_purchase"):
             analytics.track(
                 name, {"ecommerce": cart, "user_properties": user, "attribution": attribution}
@@ -77,15 +44,16 @@ def main() -> int:
         delivered = analytics.flush(timeout=10)
         stats = analytics.stats()
 
-    print(f"\n{'event':<16} {'event_id':<36} {'value':>7}  phone scrubbed")
+    received = receiver.app.store.events()
+    receiver.stop()
+    print(f"\n{'event':<16} {'event_id':<34} {'value':>7}  phone scrubbed")
     for event in received:
         scrubbed = "customer_phone" not in event["user_properties"]
         value = event["ecommerce"]["value"]
-        print(f"{event['event']:<16} {event['event_id']:<36} {value:>7}  {scrubbed}")
+        print(f"{event['event']:<16} {event['event_id']:<34} {value:>7}  {scrubbed}")
     print(
         f"\ndelivered={stats.delivered} batches_sent={stats.batches_sent} dropped={stats.dropped}"
     )
-    server.shutdown()
     return 0 if delivered and len(received) == 3 else 1
 
 

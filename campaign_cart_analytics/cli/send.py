@@ -1,0 +1,159 @@
+"""``send``: events from JSON Lines files (or standard input) through the SDK.
+
+Each line is one event: an object with an ``event`` key and the rest of the
+event (``ecommerce``, ``user_properties``, and ``event_id``/``event_time``
+to keep, for backfills). A malformed line is reported with its file and line
+number and skipped, or stops the run with ``--strict``. Exit code 0 only when
+every event was delivered and every line was valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from typing import IO, Any
+
+from ..client import Analytics
+from ..config import normalize_settings
+from ._common import CommandError, add_header_argument, parse_headers
+
+NAME = "send"
+HELP = "send events from JSON Lines files or standard input"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="*", metavar="FILE", help="JSON Lines; '-' or none: stdin")
+    parser.add_argument("--endpoint", help="where to POST the batches")
+    add_header_argument(parser)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-retries", type=int)
+    parser.add_argument("--retry-delay-ms", type=int)
+    parser.add_argument("--config", help="settings.json with client options, in either spelling")
+    parser.add_argument("--strict", action="store_true", help="stop at the first malformed line")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as file:
+                loaded = json.load(file)
+        except OSError as exc:
+            raise CommandError(f"cannot read {args.config}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise CommandError(f"{args.config} is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise CommandError(f"{args.config} must hold a JSON object of options")
+        settings = normalize_settings({"endpoint": None, **loaded})
+    flags = {
+        "endpoint": args.endpoint,
+        "batch_size": args.batch_size,
+        "max_retries": args.max_retries,
+        "retry_delay_ms": args.retry_delay_ms,
+    }
+    settings.update({name: value for name, value in flags.items() if value is not None})
+    if args.header:
+        settings["headers"] = {**settings.get("headers", {}), **parse_headers(args.header)}
+    if not settings.get("endpoint"):
+        raise CommandError("an endpoint is required: --endpoint URL, or 'endpoint' in --config")
+    return settings
+
+
+def _open_all(names: list[str]) -> list[tuple[str, IO[str]]]:
+    """Open every input first, so that an unreadable file stops the run before anything is sent."""
+    opened: list[tuple[str, IO[str]]] = []
+    for name in names or ["-"]:
+        if name == "-":
+            opened.append(("<stdin>", sys.stdin))
+            continue
+        try:
+            opened.append((name, open(name, encoding="utf-8")))  # noqa: SIM115 - closed in run()
+        except OSError as exc:
+            for _, file in opened:
+                file.close()
+            raise CommandError(f"cannot read {name}: {exc.strerror}") from None
+    return opened
+
+
+def _lines(inputs: list[tuple[str, IO[str]]]) -> Iterator[tuple[str, int, str]]:
+    for name, file in inputs:
+        for number, line in enumerate(file, 1):
+            if line.strip():
+                yield name, number, line
+
+
+def _parse(line: str) -> tuple[str, dict[str, Any]]:
+    try:
+        value = json.loads(line)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    name = value.pop("event", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError("the object has no 'event' name")
+    return name, value
+
+
+def run(args: argparse.Namespace) -> int:
+    client = Analytics.from_settings(_settings(args))
+    inputs = _open_all(args.files)
+    invalid = 0
+    stopped = False
+    progress = _progress()
+    backpressure_at = client.config.max_queue_size // 2
+    try:
+        for name, number, line in _lines(inputs):
+            try:
+                event, properties = _parse(line)
+                client.track(event, properties)
+            except (TypeError, ValueError) as exc:
+                invalid += 1
+                progress.write(f"{name}:{number}: {exc}", file=sys.stderr)
+                if args.strict:
+                    stopped = True
+                    break
+                continue
+            progress.update(1)
+            if client.stats().queued >= backpressure_at:
+                client.flush()  # a backfill waits for the endpoint rather than overflow the queue
+        client.flush()
+    finally:
+        progress.close()
+        for _, file in inputs:
+            if file is not sys.stdin:
+                file.close()
+        client.shutdown(timeout=client.config.shutdown_timeout_ms / 1000)
+    stats = client.stats()
+    print(
+        f"sent: {stats.delivered} delivered, {stats.filtered} filtered, "
+        f"{invalid} invalid lines, dropped: {stats.dropped_delivery} by the endpoint, "
+        f"{stats.dropped_queue_full} queue full, {stats.dropped_shutdown} at shutdown"
+    )
+    if stats.last_error and stats.dropped:
+        print(f"last problem: {stats.last_error}", file=sys.stderr)
+    if stopped:
+        print("stopped at the first malformed line (--strict)", file=sys.stderr)
+    return 0 if invalid == 0 and stats.dropped == 0 and stats.queued == 0 else 1
+
+
+class _NoProgress:
+    def update(self, count: int) -> None:
+        pass
+
+    def write(self, text: str, file: IO[str]) -> None:
+        print(text, file=file)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress() -> Any:
+    """A tqdm progress bar on a terminal; silent otherwise."""
+    if not sys.stderr.isatty():
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(unit=" events", file=sys.stderr, dynamic_ncols=True)
