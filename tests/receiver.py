@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -116,11 +117,13 @@ class Receiver:
         self._server.server_close()
 
 
-def refused_url() -> str:
-    """A loopback URL where nothing listens: connecting is refused at once."""
-    import socket
-
+def free_port() -> int:
+    """A loopback port nothing listens on (the OS just handed it out and took it back)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/analytics"
+        return int(sock.getsockname()[1])
+
+
+def refused_url() -> str:
+    """A loopback URL where nothing listens: connecting is refused at once."""
+    return f"http://127.0.0.1:{free_port()}/analytics"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import wait_until
-from receiver import Receiver
+from receiver import Receiver, free_port
 from test_process import run_script
 
 APPS = Path(__file__).parent / "apps"
@@ -84,12 +83,6 @@ def test_multiprocessing_fork_children_deliver_at_exit(receiver: Receiver, use_p
     assert child_events == [(n, i) for n in range(4) for i in range(10)]
     assert [e["event"] for e in events].count("parent") == 1
     assert len({e["event_id"] for e in events}) == len(events) == 41
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_gunicorn_preload_two_workers_lose_and_duplicate_nothing(receiver: Receiver) -> None:
