@@ -458,3 +458,37 @@ def test_check_explains_network_failures(receiver: Receiver, endpoint: str, word
     result = cli("check", "--endpoint", endpoint)
     assert result.returncode == 1
     assert words in result.stdout
+
+
+def test_send_shows_a_progress_bar_on_a_terminal_only(receiver: Receiver, tmp_path: Path) -> None:
+    import os
+    import pty
+
+    path = write_lines(
+        tmp_path / "e.jsonl", *(json.dumps({"event": "e", "n": n}) for n in range(120))
+    )
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(
+            [*COMMAND, "send", path, "--endpoint", receiver.url],
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+            timeout=60,
+        )
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal side is closed: all was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+    assert result.returncode == 0
+    assert b"120 events" in shown  # tqdm's counter, on the terminal
+    piped = cli("send", path, "--endpoint", receiver.url)
+    assert piped.returncode == 0 and piped.stderr == ""  # no bar when stderr is not a terminal

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from typing import IO, Any
@@ -156,4 +157,6 @@ def _progress() -> Any:
         return _NoProgress()
     from tqdm import tqdm
 
-    return tqdm(unit=" events", file=sys.stderr, dynamic_ncols=True)
+    # A terminal that reports no size (0 x 0) would hide the bar: fall back to 80 x 24.
+    size = os.get_terminal_size(sys.stderr.fileno())
+    return tqdm(unit=" events", file=sys.stderr, ncols=size.columns or 80, nrows=size.lines or 24)
