@@ -55,19 +55,12 @@ class _ProcessState:
             interval=config.batch_interval_ms / 1000,
         )
         self.clock = ShutdownClock()
-        self.transport = Transport(config, self.clock, self._log_retry)
+        self.transport = Transport(config, self.clock)
         self.worker = Worker(config, self.pending, self.transport, self.clock)
         self.thread: Optional[threading.Thread] = None
         self.start_lock = threading.Lock()
         self.queue_full_log = RateLimitedLog(WARNING_INTERVAL)
         self.transform_log = RateLimitedLog(WARNING_INTERVAL)
-
-    def _log_retry(self, batch_id: str, attempt: int, problem: str, waited: float) -> None:
-        self.pending.count_retry(problem)
-        logger.info(
-            "Batch %s: retrying (attempt %d) after %s, waited %.3g s",
-            batch_id, attempt, problem, waited,
-        )  # fmt: skip
 
 
 class Analytics:
@@ -348,8 +341,8 @@ class Analytics:
 
     def _begin_shutdown(self, *, waits_until: float, gives_up_at: Optional[float]) -> None:
         state = self._state
-        state.pending.close()
         state.clock.begin(waits_until=waits_until, gives_up_at=gives_up_at)
+        state.pending.close()  # also wakes the worker, to plan with the deadlines
 
     def _finish_shutdown(self, *, gives_up_at: Optional[float], reason: str) -> bool:
         state = self._state

@@ -12,9 +12,11 @@ due (the first event of a batch arrives, ``batch_size`` is reached, a flush
 is asked for). OpenTelemetry's batch processor makes the same choice.
 
 Sequence numbers make ``flush()`` exact. Events are numbered in queue order
-and the worker settles them in that order (a batch, or the halves of a split
-batch, one after the other), so "everything queued before this call has been
-settled" is ``settled_through >= the last number given out at the call``.
+and a batch holds consecutive numbers. Batches may settle out of order (one
+waiting to retry is overtaken by the next), so settled ranges above the
+contiguous watermark ``settled_through`` are kept until the gap closes; then
+"everything queued before this call has been settled" is
+``settled_through >= the last number given out at the call``.
 
 A flush reports on its window: every event tracked since the previous flush
 began (or since the start). The window fails if any of its events was
@@ -79,9 +81,12 @@ class PendingEvents:
         self._items: collections.deque[tuple[str, float]] = collections.deque()
         self._head_seq = 1  # sequence number of self._items[0]
         self._last_seq = 0  # last sequence number given out
-        self._settled_through = 0
+        self._settled_through = 0  # every event up to here is settled
+        self._settled_above: dict[int, int] = {}  # first -> last seq of ranges settled beyond it
+        self._written_off_through = 0  # shutdown counted everything up to here as dropped
         self._flush_through = 0
         self._closing = False
+        self._interrupts = 0  # bumped to make a waiting take_batch() return and re-plan
         self._waiters: list[_FlushWaiter] = []
         self._last_dropped_seq = 0  # highest sequence number dropped after queueing
         self._refused_drops = 0  # events dropped before they got a sequence number
@@ -123,10 +128,20 @@ class PendingEvents:
 
     # ------------------------------------------------------------ worker side
 
-    def take_batch(self) -> Optional[TakenBatch]:
-        """Block until a batch is due and return it; None once closing and empty."""
+    def take_batch(self, until: Optional[float] = None) -> Optional[TakenBatch]:
+        """Block until a batch is due and return it.
+
+        Returns None at the monotonic time ``until`` (the worker has a retry due
+        then), after ``interrupt()`` (its plans changed), or, when there is no
+        ``until``, once closing and empty.
+        """
         with self._work_ready:
+            interrupts = self._interrupts
             while True:
+                now = time.monotonic()
+                if (until is not None and until <= now) or self._interrupts != interrupts:
+                    return None
+                batch_due: Optional[float] = None
                 if self._items:
                     if (
                         self._closing
@@ -134,14 +149,13 @@ class PendingEvents:
                         or self._head_seq <= self._flush_through
                     ):
                         break
-                    wait = self._items[0][1] + self._interval - time.monotonic()
-                    if wait <= 0:
+                    batch_due = self._items[0][1] + self._interval
+                    if batch_due <= now:
                         break
-                    self._work_ready.wait(wait)
-                elif self._closing:
+                elif self._closing and until is None:
                     return None
-                else:
-                    self._work_ready.wait()
+                wake_at = min((t for t in (batch_due, until) if t is not None), default=None)
+                self._work_ready.wait(None if wake_at is None else wake_at - now)
             count = min(self._batch_size, len(self._items))
             texts = [self._items.popleft()[0] for _ in range(count)]
             batch = TakenBatch(self._head_seq, texts)
@@ -151,7 +165,7 @@ class PendingEvents:
     def settle(self, batch: TakenBatch, counter: str) -> bool:
         """Record the fate of a batch's events; False if shutdown had already written them off."""
         with self._settled:
-            if batch.last_seq <= self._settled_through:
+            if batch.last_seq <= self._written_off_through:
                 return False
             count = len(batch.texts)
             self._counts["queued"] -= count
@@ -159,8 +173,10 @@ class PendingEvents:
             if counter == "delivered":
                 self._counts["batches_sent"] += 1
             else:
-                self._last_dropped_seq = batch.last_seq
-            self._settled_through = batch.last_seq
+                self._last_dropped_seq = max(self._last_dropped_seq, batch.last_seq)
+            self._settled_above[batch.first_seq] = batch.last_seq
+            while self._settled_through + 1 in self._settled_above:
+                self._settled_through = self._settled_above.pop(self._settled_through + 1)
             self._update_waiters(batch.first_seq, failed=counter != "delivered")
             return True
 
@@ -201,6 +217,17 @@ class PendingEvents:
         """Refuse new events and have the worker send everything, then stop."""
         with self._work_ready:
             self._closing = True
+        self.interrupt()
+
+    def drained(self) -> bool:
+        """True once closing and nothing is left to hand out: the worker may stop."""
+        with self._work_ready:
+            return self._closing and not self._items
+
+    def interrupt(self) -> None:
+        """Wake the worker to plan again (a shutdown deadline changes what is due)."""
+        with self._work_ready:
+            self._interrupts += 1
             self._work_ready.notify()
 
     def write_off(self) -> tuple[int, list[str]]:
@@ -216,6 +243,8 @@ class PendingEvents:
             self._items.clear()
             self._head_seq = self._last_seq + 1
             self._closing = True
+            self._written_off_through = self._last_seq
+            self._settled_above.clear()
             if self._settled_through < self._last_seq:
                 first_unsettled = self._settled_through + 1
                 self._settled_through = self._last_dropped_seq = self._last_seq

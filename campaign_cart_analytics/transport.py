@@ -11,9 +11,11 @@ The schedule (SPEC section 6) is driven by ``DeliveryRetry``, a
 - ``Retry-After`` on 429/503 replaces the computed wait; no wait exceeds 60 s;
 - redirects are never followed, so no token travels to another host.
 
-Waits happen in ``ShutdownClock.wait_before_retry`` instead of
-``time.sleep``, so ``shutdown()`` and interpreter exit can cut a wait short
-(``RetryCutShort``) rather than be held up by it.
+The wait before a retry does not happen inside the request: ``DeliveryRetry``
+raises ``RetryLater`` with the updated ``Retry`` and the delay, and the
+worker re-sends the batch with that ``Retry`` when it is due, delivering other
+batches meanwhile. So a batch in backoff never holds back the ones behind it,
+and shutdown can give it its last attempt at once instead of waiting.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import errno
 import platform
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import attrs
 import requests
@@ -51,55 +53,43 @@ RETRYABLE_STATUSES = frozenset({408, 429, *range(500, 600)})
 USER_AGENT = f"campaign-cart-analytics-python/{__version__} (Python {platform.python_version()})"
 
 
-class RetryCutShort(Exception):
-    """A wait before a retry would end after the shutdown deadline, so it was not waited."""
+class RetryLater(Exception):
+    """Raised from ``DeliveryRetry.sleep``: re-send with ``retry`` after ``delay`` seconds."""
 
-    def __init__(self, failed_attempts: int, last_problem: str) -> None:
-        super().__init__(last_problem)
-        self.failed_attempts = failed_attempts
-        self.last_problem = last_problem
+    def __init__(self, retry: DeliveryRetry, delay: float, problem: str) -> None:
+        super().__init__(problem)
+        self.retry = retry
+        self.delay = delay
+        self.problem = problem
 
 
 class ShutdownClock:
     """The deadlines a shutdown imposes on delivery; none until ``begin`` is called.
 
-    ``waits_until``: no wait before a retry may end later than this (at
-    interpreter exit it is "now": the seed's page unload does not back off).
-    ``gives_up_at``: no attempt may run past this; it bounds request timeouts.
-    A wait in progress when ``begin`` is called is woken and re-checked.
+    ``waits_until``: a retry due later than this is not waited for; the batch
+    gets one last attempt at once (at interpreter exit it is "now": the seed's
+    page unload does not back off). ``gives_up_at``: no attempt may run past
+    this; it bounds request timeouts.
     """
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._waits_until: Optional[float] = None
+        self._lock = threading.Lock()
+        self.waits_until: Optional[float] = None
         self._gives_up_at: Optional[float] = None
 
     def begin(self, *, waits_until: float, gives_up_at: Optional[float]) -> None:
-        with self._changed:
-            if self._waits_until is None or waits_until < self._waits_until:
-                self._waits_until = waits_until
+        with self._lock:
+            if self.waits_until is None or waits_until < self.waits_until:
+                self.waits_until = waits_until
             if gives_up_at is not None and (
                 self._gives_up_at is None or gives_up_at < self._gives_up_at
             ):
                 self._gives_up_at = gives_up_at
-            self._changed.notify_all()
 
-    @property
-    def running(self) -> bool:
-        """True once a shutdown has begun."""
-        return self._waits_until is not None
-
-    def wait_before_retry(self, seconds: float, failed_attempts: int, last_problem: str) -> None:
-        """Wait ``seconds``, or raise ``RetryCutShort`` if a shutdown deadline comes first."""
-        ends_at = time.monotonic() + seconds
-        with self._changed:
-            while True:
-                if self._waits_until is not None and ends_at > self._waits_until:
-                    raise RetryCutShort(failed_attempts, last_problem)
-                remaining = ends_at - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._changed.wait(remaining)
+    def cuts_short(self, due: float) -> bool:
+        """True when a retry due at ``due`` would end after the shutdown's deadline."""
+        waits_until = self.waits_until
+        return waits_until is not None and due > waits_until
 
     def attempt_timeout(self, timeout: float) -> float:
         """``timeout``, shortened so that an attempt ends by the shutdown's give-up time."""
@@ -114,16 +104,9 @@ class DeliveryRetry(Retry):
     RETRY_AFTER_STATUS_CODES = frozenset({429, 503})
 
     retry_delay: float = 1.0
-    clock: Optional[ShutdownClock] = None
-    on_retry: Optional[Callable[[int, str, float], None]] = None
 
     @classmethod
-    def for_config(
-        cls,
-        config: Config,
-        clock: ShutdownClock,
-        on_retry: Callable[[int, str, float], None],
-    ) -> DeliveryRetry:
+    def for_config(cls, config: Config) -> DeliveryRetry:
         retry = cls(
             total=config.max_retries,
             connect=None,
@@ -137,15 +120,11 @@ class DeliveryRetry(Retry):
             respect_retry_after_header=True,
         )
         retry.retry_delay = config.retry_delay_ms / 1000
-        retry.clock = clock
-        retry.on_retry = on_retry
         return retry
 
     def new(self, **kw: Any) -> DeliveryRetry:
         retry = super().new(**kw)
         retry.retry_delay = self.retry_delay
-        retry.clock = self.clock
-        retry.on_retry = self.on_retry
         return retry
 
     def get_backoff_time(self) -> float:
@@ -168,17 +147,14 @@ class DeliveryRetry(Retry):
         return min(MAX_WAIT_SECONDS, seconds)
 
     def sleep(self, response: Optional[BaseHTTPResponse] = None) -> None:
-        failed_attempts = len(self.history)
+        """Hand the wait to the caller instead of sleeping (see the module doc)."""
         problem = describe_history_entry(self.history[-1]) if self.history else "unknown error"
         delay = self.retry_after_seconds(response)
-        if delay is None:
-            delay = self.get_backoff_time()
-        if self.clock is None:  # pragma: no cover - always set by for_config
-            time.sleep(delay)
-            return
-        self.clock.wait_before_retry(delay, failed_attempts, problem)
-        if self.on_retry is not None:
-            self.on_retry(failed_attempts + 1, problem, delay)
+        raise RetryLater(self, self.get_backoff_time() if delay is None else delay, problem)
+
+    def final(self) -> DeliveryRetry:
+        """The same retry state allowing no further retries: for a last attempt."""
+        return self.new(total=0)
 
 
 @attrs.frozen
@@ -187,37 +163,31 @@ class Outcome:
 
     ``kind`` is one of: ``delivered`` (2xx); ``too_large`` (413); ``rejected``
     (a status that is not retried: 3xx, other 4xx); ``failed`` (retries used
-    up, or no request could be made); ``cut_short`` (a shutdown deadline came
-    before the next retry).
+    up, or no request could be made); ``retry_later`` (re-send with ``retry``
+    after ``delay`` seconds); ``cut_short`` (the shutdown gave up before it).
     """
 
     kind: str
     attempts: int
     status: Optional[int] = None
     problem: str = ""
+    retry: Optional[DeliveryRetry] = None
+    delay: float = 0.0
 
 
 class Transport:
     """Posts batch bodies to the endpoint through one keep-alive session."""
 
-    def __init__(
-        self,
-        config: Config,
-        clock: ShutdownClock,
-        on_retry: Callable[[str, int, str, float], None],
-    ) -> None:
+    def __init__(self, config: Config, clock: ShutdownClock) -> None:
         self._config = config
         self._clock = clock
-        self._on_retry = on_retry
-        self._batch_id = ""
         self._session = requests.Session()
-        adapter = HTTPAdapter(
-            max_retries=DeliveryRetry.for_config(config, clock, self._retrying),
-            pool_connections=1,
-            pool_maxsize=1,
+        self._first_attempt = DeliveryRetry.for_config(config)
+        self._adapter = HTTPAdapter(
+            max_retries=self._first_attempt, pool_connections=1, pool_maxsize=1
         )
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        self._session.mount("http://", self._adapter)
+        self._session.mount("https://", self._adapter)
         self._session.headers.update(
             {"User-Agent": USER_AGENT, "Content-Type": "application/json", "Accept": "*/*"}
         )
@@ -239,9 +209,21 @@ class Transport:
     def _prepare_template(self) -> requests.PreparedRequest:
         return self._session.prepare_request(requests.Request("POST", self._config.endpoint))
 
-    def send(self, body: bytes, batch_id: str) -> Outcome:
-        """POST one batch body, with retries; never raises for HTTP or network trouble."""
-        self._batch_id = batch_id
+    def send(
+        self,
+        body: bytes,
+        batch_id: str,
+        retry: Optional[DeliveryRetry] = None,
+        *,
+        final: bool = False,
+    ) -> Outcome:
+        """POST one batch body; never raises for HTTP or network trouble.
+
+        ``retry`` resumes a batch's retry state (from a ``retry_later``
+        outcome); ``final`` makes this its last attempt, whatever happens.
+        Only the client's one worker thread sends, so setting the adapter's
+        retry policy for the length of one call is safe.
+        """
         # Cookies the endpoint set (load balancer stickiness) go back on later batches:
         # once there are any, prepare each request afresh so the session adds them.
         template = self._template if not self._session.cookies else self._prepare_template()
@@ -254,16 +236,26 @@ class Transport:
         timeout = self._clock.attempt_timeout(self._config.request_timeout_ms / 1000)
         if timeout <= 0:
             return Outcome("cut_short", attempts=0, problem="shutdown deadline passed")
+        policy = retry or self._first_attempt
+        self._adapter.max_retries = policy.final() if final else policy
         try:
             response = self._session.send(
                 request, timeout=(timeout, timeout), allow_redirects=False, **self._send_options
             )
-        except RetryCutShort as cut:
-            return Outcome("cut_short", attempts=cut.failed_attempts, problem=cut.last_problem)
+        except RetryLater as later:
+            return Outcome(
+                "retry_later",
+                attempts=len(later.retry.history),
+                problem=later.problem,
+                retry=later.retry,
+                delay=later.delay,
+            )
         except requests.RequestException as exc:
             exhausted = _find_cause(exc, MaxRetryError) is not None
-            attempts = self._config.max_retries + 1 if exhausted else 1
+            attempts = len(policy.history) + 1 if exhausted else 1
             return Outcome("failed", attempts=attempts, problem=describe_error(exc, timeout))
+        finally:
+            self._adapter.max_retries = self._first_attempt
         with response:
             return self._outcome_of(response)
 
@@ -304,9 +296,6 @@ class Transport:
                 ) from exc
             headers[name] = check_header_value(name, produced)
         return headers
-
-    def _retrying(self, attempt: int, problem: str, delay: float) -> None:
-        self._on_retry(self._batch_id, attempt, problem, delay)
 
 
 def _hint(status: int) -> str:

@@ -142,7 +142,7 @@ def test_retry_after_is_honoured(make_client: Any, receiver: Receiver) -> None:
 
 def test_retry_after_is_capped_at_60_seconds_and_only_read_on_429_and_503() -> None:
     config = Config(endpoint="http://127.0.0.1/", retry_delay_ms=1000)
-    retry = DeliveryRetry.for_config(config, ShutdownClock(), lambda *args: None)
+    retry = DeliveryRetry.for_config(config)
 
     def response(status: int, value: str) -> HTTPResponse:
         return HTTPResponse(body=b"", headers={"Retry-After": value}, status=status)
@@ -259,7 +259,7 @@ def test_retries_are_logged_with_the_attempt(
 
 def test_one_retrying_adapter_serves_http_and_https() -> None:
     config = Config(endpoint="https://api.example.com/analytics")
-    transport = Transport(config, ShutdownClock(), lambda *args: None)
+    transport = Transport(config, ShutdownClock())
     session = transport._session
     https, http = session.get_adapter("https://x.example"), session.get_adapter("http://x.example")
     assert https is http
@@ -278,3 +278,35 @@ def test_cookies_the_endpoint_sets_are_sent_back(make_client: Any, receiver: Rec
     first, second = receiver.requests
     assert "cookie" not in first.headers
     assert second.headers["cookie"] == "AWSALB=sticky-1"
+
+
+def test_a_batch_in_backoff_does_not_hold_back_the_next(
+    make_client: Any, receiver: Receiver
+) -> None:
+    receiver.respond = lambda request: Reply(503 if request.events[0]["event"] == "first" else 202)
+    client = make_client(batch_size=1, retry_delay_ms=300, max_retries=1)
+    client.track("first")  # fails, waits 300 ms for its retry
+    assert receiver.wait_for_requests(1, timeout=2)
+    client.track("second")
+    second = receiver.wait_for_requests(2, timeout=2)[1]
+    assert second.events[0]["event"] == "second"
+    assert second.at - receiver.requests[0].at < 0.2  # not behind the 300 ms wait
+    assert client.flush(timeout=5) is False  # "first" fails its retry too
+    stats = client.stats()
+    assert (stats.delivered, stats.dropped_delivery, stats.retries, stats.queued) == (1, 1, 1, 0)
+
+
+def test_random_failures_lose_and_duplicate_nothing(make_client: Any, receiver: Receiver) -> None:
+    import random
+
+    chance = random.Random(1234)
+    receiver.respond = lambda request: Reply(500 if chance.random() < 0.3 else 202)
+    client = make_client(batch_size=20, retry_delay_ms=10, max_retries=15, max_queue_size=5000)
+    for n in range(2000):
+        client.track("e", {"n": n})
+    assert client.flush(timeout=30) is True
+    delivered = receiver.delivered_events()
+    assert sorted(e["n"] for e in delivered) == list(range(2000))  # all, once
+    stats = client.stats()
+    assert (stats.delivered, stats.queued, stats.dropped) == (2000, 0, 0)
+    assert stats.retries == sum(not r.ok for r in receiver.requests) > 0

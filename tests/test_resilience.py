@@ -96,7 +96,7 @@ def test_a_dead_thread_is_restarted_by_the_next_track(
     pending = client._state.pending
     real_take_batch = pending.take_batch
 
-    def take_batch_then_die() -> Any:
+    def take_batch_then_die(**_: Any) -> Any:
         pending.take_batch = real_take_batch
         raise SystemExit  # ends the thread, as nothing in its loop should
 
@@ -116,7 +116,7 @@ def test_flush_restarts_a_dead_thread_too(make_client: Any, receiver: Receiver) 
     pending = client._state.pending
     real_take_batch = pending.take_batch
 
-    def die() -> Any:
+    def die(**_: Any) -> Any:
         pending.take_batch = real_take_batch
         raise SystemExit
 
