@@ -70,7 +70,7 @@ def run(scenario: str, sdk: str, url: str, timeout: float = 600) -> tuple[dict[s
     return json.loads(stdout.splitlines()[0]), exited
 
 
-def measure(scenario: str, sdk: str) -> dict[str, Optional[float]]:
+def measure(scenario: str, sdk: str, run_number: int) -> dict[str, Optional[float]]:
     if scenario == "deliver":
         sink = Sink()
         try:
@@ -107,7 +107,8 @@ def measure(scenario: str, sdk: str) -> dict[str, Optional[float]]:
                     sink.close()
         return row
     if scenario == "flaky":
-        sink = Sink("--fail-percent", "30", "--count-ids")
+        # Each run its own failure pattern (the same for both SDKs): one seed's luck is no result.
+        sink = Sink("--fail-percent", "30", "--count-ids", "--seed", str(run_number))
         try:
             result, _ = run("flaky", sdk, sink.url)
             counts = sink.counts()
@@ -141,7 +142,7 @@ def main() -> int:
         for run_number in range(args.runs):
             for sdk in SDKS:
                 started = time.monotonic()
-                for metric, value in measure(scenario, sdk).items():
+                for metric, value in measure(scenario, sdk, run_number).items():
                     table.setdefault(metric, {}).setdefault(sdk, []).append(value)
                 took = time.monotonic() - started
                 print(f"  {scenario} run {run_number + 1} {sdk}: {took:.1f} s", file=sys.stderr)
