@@ -64,7 +64,10 @@ class _FlushWaiter:
 
 
 class PendingEvents:
-    """A bounded FIFO of encoded events with exact accounting of their fates.
+    """A FIFO of encoded events with exact accounting of their fates.
+
+    ``max_size`` bounds every event pending, in the queue or taken by the
+    worker and not yet settled (in flight, or parked for a retry).
 
     ``batch_size`` and ``interval`` (seconds) decide when ``take_batch`` hands
     the worker a batch: when ``batch_size`` events wait, when the oldest has
@@ -104,11 +107,12 @@ class PendingEvents:
                 self._counts["dropped_shutdown"] += 1
                 self._refused_drops += 1
                 return "dropped_shutdown"
-            size = len(self._items)
-            if size >= self._max_size:
+            # The bound covers all that is pending: queued, in flight, or parked for a retry.
+            if self._counts["queued"] >= self._max_size:
                 self._counts["dropped_queue_full"] += 1
                 self._refused_drops += 1
                 return "dropped_queue_full"
+            size = len(self._items)
             self._items.append((text, time.monotonic()))
             self._last_seq += 1
             self._counts["queued"] += 1

@@ -148,6 +148,10 @@ class DeliveryRetry(Retry):
 
     def sleep(self, response: Optional[BaseHTTPResponse] = None) -> None:
         """Hand the wait to the caller instead of sleeping (see the module doc)."""
+        if self.history and self.history[-1].error is not None:
+            # A parked batch keeps this Retry: its history must not keep the failed
+            # attempt's stack alive, and with it that attempt's request body.
+            _drop_tracebacks(self.history[-1].error)
         problem = describe_history_entry(self.history[-1]) if self.history else "unknown error"
         delay = self.retry_after_seconds(response)
         raise RetryLater(self, self.get_backoff_time() if delay is None else delay, problem)
@@ -296,6 +300,18 @@ class Transport:
                 ) from exc
             headers[name] = check_header_value(name, produced)
         return headers
+
+
+def _drop_tracebacks(error: BaseException) -> None:
+    seen: set[int] = set()
+    pending: list[Optional[BaseException]] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending.extend((current.__cause__, current.__context__))
 
 
 def _hint(status: int) -> str:

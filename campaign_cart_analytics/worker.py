@@ -41,7 +41,7 @@ from .transport import DeliveryRetry, Outcome, ShutdownClock, Transport
 ERROR_PAUSE = 0.1
 
 
-@attrs.define
+@attrs.define(eq=False)
 class _Parked:
     """A batch waiting for its next retry."""
 
@@ -49,7 +49,7 @@ class _Parked:
     parked_at: float
     batch: TakenBatch
     batch_id: str
-    body: bytes
+    sent_at_ms: int  # with the texts and the id, rebuilds the body byte for byte
     retry: DeliveryRetry
     problem: str
 
@@ -90,8 +90,9 @@ class Worker:
     # ------------------------------------------------------------ sending
 
     def _send_new(self, batch: TakenBatch, batch_id: str) -> None:
-        body = batch_body(batch.texts, batch_id, time.time_ns() // 1_000_000)
-        self._settle(batch, batch_id, body, self._transport.send(body, batch_id))
+        sent_at_ms = time.time_ns() // 1_000_000
+        body = batch_body(batch.texts, batch_id, sent_at_ms)
+        self._settle(batch, batch_id, sent_at_ms, self._transport.send(body, batch_id))
 
     def _resend(self, parked: _Parked) -> None:
         last_chance = self._clock.cuts_short(parked.due)
@@ -102,16 +103,18 @@ class Worker:
             parked.batch_id, attempt, parked.problem, time.monotonic() - parked.parked_at,
             "; last attempt before shutdown" if last_chance else "",
         )  # fmt: skip
-        outcome = self._transport.send(
-            parked.body, parked.batch_id, parked.retry, final=last_chance
+        # The same body as the first attempt: same batch_id, same batch_info.timestamp.
+        body = batch_body(parked.batch.texts, parked.batch_id, parked.sent_at_ms)
+        outcome = self._transport.send(body, parked.batch_id, parked.retry, final=last_chance)
+        self._settle(
+            parked.batch, parked.batch_id, parked.sent_at_ms, outcome, last_chance=last_chance
         )
-        self._settle(parked.batch, parked.batch_id, parked.body, outcome, last_chance=last_chance)
 
     def _settle(
         self,
         batch: TakenBatch,
         batch_id: str,
-        body: bytes,
+        sent_at_ms: int,
         outcome: Outcome,
         *,
         last_chance: bool = False,
@@ -138,7 +141,7 @@ class Worker:
                 self._give_up(batch, batch_id, outcome, at_shutdown=True)
             else:
                 self._parked.append(
-                    _Parked(due, now, batch, batch_id, body, outcome.retry, outcome.problem)
+                    _Parked(due, now, batch, batch_id, sent_at_ms, outcome.retry, outcome.problem)
                 )
         else:
             self._give_up(batch, batch_id, outcome, at_shutdown=last_chance)
@@ -168,9 +171,13 @@ class Worker:
 
     def _take_due_retries(self) -> list[_Parked]:
         now = time.monotonic()
-        due = [p for p in self._parked if p.due <= now or self._clock.cuts_short(p.due)]
-        self._parked = [p for p in self._parked if p not in due]
-        return sorted(due, key=lambda p: p.due)
+        due: list[_Parked] = []
+        waiting: list[_Parked] = []
+        for parked in self._parked:
+            is_due = parked.due <= now or self._clock.cuts_short(parked.due)
+            (due if is_due else waiting).append(parked)
+        self._parked = waiting
+        return sorted(due, key=lambda parked: parked.due)
 
     # ------------------------------------------------------------ giving up
 

@@ -144,3 +144,22 @@ def test_uwsgi_without_threads_is_warned_about_once(
     cca.Analytics("http://127.0.0.1:9/analytics")
     warnings = [r for r in sdk_logs.records if "--enable-threads" in r.getMessage()]
     assert len(warnings) == (1 if warned else 0)
+
+
+def test_max_queue_size_bounds_everything_pending_parked_retries_included(
+    make_client: Any,
+) -> None:
+    from receiver import refused_url
+
+    client = make_client(
+        endpoint=refused_url(), batch_size=10, max_queue_size=100, retry_delay_ms=5000
+    )
+    for round_ in range(10):
+        for i in range(100):
+            client.track("e", {"round": round_, "i": i})
+        time.sleep(0.05)  # the worker takes batches, fails them, parks them for 5 s
+        stats = client.stats()
+        assert stats.queued <= 100, stats  # queued + in flight + parked
+    stats = client.stats()
+    assert stats.dropped_queue_full >= 900 and stats.queued == 100
+    assert_balanced(stats)
