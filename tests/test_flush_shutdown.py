@@ -174,3 +174,16 @@ def test_module_level_client(receiver: Receiver, monkeypatch: pytest.MonkeyPatch
     assert cca.flush(timeout=5) is True
     assert cca.shutdown(timeout=5) is True
     assert [e["event"] for e in receiver.delivered_events()] == ["one", "two"]
+
+
+def test_a_retry_that_fits_before_the_shutdown_deadline_keeps_its_schedule(
+    receiver: Receiver,
+) -> None:
+    receiver.script(Reply(500))
+    client = cca.Analytics(receiver.url, batch_size=1, retry_delay_ms=200, max_retries=3)
+    client.track("e")
+    assert len(receiver.wait_for_requests(1, timeout=1)) == 1
+    assert client.shutdown(timeout=3) is True  # the 200 ms wait ends well before 3 s
+    first, second = receiver.requests
+    assert 0.19 <= second.at - first.at < 0.4  # waited its turn, was not hurried
+    assert client.stats().delivered == 1
