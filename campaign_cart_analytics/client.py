@@ -75,7 +75,7 @@ class Analytics:
 
     - ``endpoint``: absolute ``http://``/``https://`` URL the batches are POSTed to.
     - ``headers``: extra request headers; a value may be a zero-argument
-      callable, called for each batch (token refresh). Never logged.
+      callable, called for every request, retries included (token refresh). Never logged.
     - ``batch_size`` (1 to 100), ``batch_interval_ms``: a batch is sent when it
       is full, or this long after its first event was queued.
     - ``max_retries``, ``retry_delay_ms``: retry k waits ``retry_delay_ms * 2**(k-1)``.

@@ -310,3 +310,22 @@ def test_random_failures_lose_and_duplicate_nothing(make_client: Any, receiver: 
     stats = client.stats()
     assert (stats.delivered, stats.queued, stats.dropped) == (2000, 0, 0)
     assert stats.retries == sum(not r.ok for r in receiver.requests) > 0
+
+
+def test_header_callables_run_for_every_request_retries_included(
+    make_client: Any, receiver: Receiver
+) -> None:
+    receiver.script(Reply(401), Reply(503))  # 401: dropped; 503: retried
+    tokens = iter(f"t{n}" for n in range(1, 10))
+    client = make_client(
+        batch_size=1, retry_delay_ms=10, headers={"Authorization": lambda: f"Bearer {next(tokens)}"}
+    )
+    client.track("rejected")
+    assert client.flush(timeout=5) is False
+    client.track("retried")
+    assert client.flush(timeout=5) is True
+    assert [r.headers["authorization"] for r in receiver.requests] == [
+        "Bearer t1",
+        "Bearer t2",
+        "Bearer t3",
+    ]
