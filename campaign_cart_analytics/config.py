@@ -185,11 +185,6 @@ class Config:
                 f"got {self.max_queue_size} < {self.batch_size}"
             )
 
-    @property
-    def display_endpoint(self) -> str:
-        """The endpoint as logs and reprs show it: passwords and query values hidden."""
-        return redact_url(self.endpoint)
-
 
 def normalize_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Options keyed by our names, from a mapping in either spelling (``batchSize``)."""
