@@ -16,6 +16,7 @@ app.conf.update(
     broker_transport_options={
         "data_folder_in": str(work_dir / "broker"),
         "data_folder_out": str(work_dir / "broker"),
+        "control_folder": str(work_dir / "control"),  # not beside the test files
         "polling_interval": 0.1,
     },
     task_ignore_result=True,
