@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -155,25 +157,161 @@ def test_a_request_that_tracks_nothing_costs_no_query(django_receiver: Receiver)
     assert len(tracking.captured_queries) > 0  # the session and user are read for the event
 
 
-def test_async_views_get_the_context_too(django_receiver: Receiver) -> None:
+class DatabaseUse:
+    """The SQL run, and the connections opened, by any thread while ``database_use()`` is open."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+        self.opened: list[tuple[threading.Thread, Any]] = []  # (thread, its connection)
+
+    def count(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        self.statements.append(sql)
+        return execute(sql, params, many, context)
+
+    def watch(self, sender: Any, connection: Any, **kwargs: Any) -> None:
+        self.opened.append((threading.current_thread(), connection))
+        connection.execute_wrappers.append(self.count)
+
+    def finished_threads_connections(self) -> list[Any]:
+        return [connection for thread, connection in self.opened if not thread.is_alive()]
+
+
+@contextmanager
+def database_use() -> Iterator[DatabaseUse]:
+    """Watch every connection opened meanwhile, in any thread.
+
+    Django's connections are per thread, so ``CaptureQueriesContext(connection)``
+    sees only the test thread's; under ASGI the queries run in Django's sync
+    thread and wherever else. ``over_asgi`` closes the sync thread's connection
+    first, so every query meanwhile runs on a connection opened (and watched) here.
+    """
+    from django.db.backends.signals import connection_created
+
+    use = DatabaseUse()
+    connection_created.connect(use.watch)
+    try:
+        yield use
+    finally:
+        connection_created.disconnect(use.watch)
+        for _, connection in use.opened:
+            connection.execute_wrappers.remove(use.count)
+
+
+def over_asgi(browser: Any, *paths: str) -> tuple[list[Any], DatabaseUse]:
+    """GET each path in turn through Django's async handler (as under uvicorn or daphne)."""
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    async def visit() -> list[Any]:
+        await sync_to_async(connections.close_all)()  # Django's sync thread starts afresh
+        return [await browser.get(path) for path in paths]
+
+    with database_use() as use:
+        responses = asyncio.run(visit())
+    assert [response.status_code for response in responses] == [200] * len(paths)
+    return responses, use
+
+
+def logged_in_async_browser(username: str) -> tuple[Any, Any]:
     from django.contrib.auth.models import User
     from django.test import AsyncClient
 
-    user = User.objects.create_user("async-shopper", password="pw")
+    user = User.objects.create_user(username, password="pw")
     browser = AsyncClient()
+    browser.force_login(user)  # sync, before the loop runs: Django 4.2 has no aforce_login
+    return browser, user
+
+
+@pytest.mark.parametrize("logged_in", [False, True], ids=["anonymous", "logged-in"])
+def test_asgi_a_request_that_tracks_nothing_looks_nothing_up(
+    django_receiver: Receiver, logged_in: bool
+) -> None:
+    from django.test import AsyncClient
+
+    browser = logged_in_async_browser(f"asgi-quiet-{logged_in}")[0] if logged_in else AsyncClient()
+    (response,), use = over_asgi(browser, "/quiet?utm_source=google")
+    assert use.statements == []
+    assert "sessionid" not in response.cookies
+
+
+@pytest.mark.parametrize("view", ["/track", "/async-track"], ids=["sync-view", "async-view"])
+@pytest.mark.parametrize("logged_in", [False, True], ids=["anonymous", "logged-in"])
+def test_asgi_events_carry_the_session_user_and_attribution(
+    django_receiver: Receiver, view: str, logged_in: bool
+) -> None:
+    from django.test import AsyncClient
+
+    browser, user = (
+        logged_in_async_browser(f"asgi-{view[1:]}-{logged_in}")
+        if logged_in
+        else (AsyncClient(), None)
+    )
     seen = len(django_receiver.delivered_events())
+    (first, _), use = over_asgi(browser, f"{view}?utm_source=google&utm_campaign=launch", view)
+    event, next_event = events_after(django_receiver, seen + 2)[-2:]
+    session_id = event["user_properties"]["session_id"]
+    if not logged_in:  # a new visitor: the session made for the event is the one kept
+        assert first.cookies["sessionid"].value == session_id
+    assert browser.cookies["sessionid"].value == session_id
+    assert next_event["user_properties"]["session_id"] == session_id
+    assert event["user_properties"].get("user_id") == (str(user.pk) if user else None)
+    assert event["attribution"] == {"source": "google", "campaign": "launch"}
+    assert "attribution" not in next_event
+    assert use.statements  # the lookup ran, on some thread
 
-    async def visit() -> int:
-        await browser.aforce_login(user) if hasattr(browser, "aforce_login") else None
-        response = await browser.get("/async-track?utm_campaign=launch")
-        return int(response.status_code)
 
-    assert asyncio.run(visit()) == 200
-    event = events_after(django_receiver, seen + 1)[-1]
-    assert event["event"] == "dl_async_view"
-    assert event["attribution"] == {"campaign": "launch"}
-    if hasattr(browser, "aforce_login"):
-        assert event["user_properties"]["user_id"] == str(user.pk)
+def test_an_async_views_lookup_leaves_no_connection_open(django_receiver: Receiver) -> None:
+    from django.test import AsyncClient
+
+    _, use = over_asgi(AsyncClient(), "/async-track")
+    finished = use.finished_threads_connections()
+    assert finished, "the async view's lookup ran on a thread of its own"
+    assert all(connection.connection is None for connection in finished)
+
+
+def through_asgi_handler(path: str, query: str = "", cookie: str = "") -> dict[str, str]:
+    """GET through Django's own ASGI application, as uvicorn would; the response's headers.
+
+    Unlike ``AsyncClient``, the handler gives each request its own sync thread
+    (``ThreadSensitiveContext``) and closes old connections at its end.
+    """
+    from django.core.handlers.asgi import ASGIHandler
+
+    headers = [(b"host", b"testserver")] + ([(b"cookie", cookie.encode())] if cookie else [])
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": query.encode()}
+    scope |= {"headers": headers, "asgi": {"version": "3.0"}, "http_version": "1.1"}
+    sent: list[dict[str, Any]] = []
+
+    async def visit() -> None:
+        body_read = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            if body_read.is_set():  # the handler listens for a disconnect: none comes
+                await asyncio.Event().wait()
+            body_read.set()
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await ASGIHandler()(scope, receive, send)
+
+    asyncio.run(visit())
+    assert sent[0]["status"] == 200
+    return {name.decode().lower(): value.decode() for name, value in sent[0]["headers"]}
+
+
+def test_asgi_handler_an_async_views_new_visitor_keeps_its_events_session(
+    django_receiver: Receiver,
+) -> None:
+    seen = len(django_receiver.delivered_events())
+    assert "set-cookie" not in through_asgi_handler("/quiet")
+    cookie = through_asgi_handler("/async-track", "utm_medium=cpc")["set-cookie"].split(";")[0]
+    through_asgi_handler("/async-track", cookie=cookie)
+    event, next_event = events_after(django_receiver, seen + 2)[-2:]
+    assert cookie == f"sessionid={event['user_properties']['session_id']}"
+    assert next_event["user_properties"] == event["user_properties"]
+    assert event["attribution"] == {"medium": "cpc"}
 
 
 @pytest.mark.parametrize(
