@@ -269,6 +269,40 @@ def test_an_async_views_lookup_leaves_no_connection_open(django_receiver: Receiv
     assert all(connection.connection is None for connection in finished)
 
 
+def expired_session_key() -> str:
+    """The key of a session that has expired in the store (its row is still there)."""
+    from django.contrib.sessions.backends.db import SessionStore
+
+    session = SessionStore()
+    session.set_expiry(-60)
+    session.save()
+    assert session.session_key is not None
+    return session.session_key
+
+
+@pytest.mark.parametrize("asgi", [False, True], ids=["wsgi-sync-view", "asgi-async-view"])
+def test_a_cookie_naming_an_expired_session_makes_a_new_visitor(
+    django_receiver: Receiver, asgi: bool
+) -> None:
+    from django.test import AsyncClient, Client
+
+    expired = expired_session_key()
+    browser = AsyncClient() if asgi else Client()
+    browser.cookies["sessionid"] = expired
+    seen = len(django_receiver.delivered_events())
+    path = "/async-track" if asgi else "/track"
+    if asgi:
+        over_asgi(browser, path, path)  # each answered 200
+    else:
+        browser.get(path)
+        browser.get(path)
+    event, next_event = events_after(django_receiver, seen + 2)[-2:]
+    session_id = event["user_properties"]["session_id"]
+    assert session_id != expired  # Django drops that cookie: a dead key would be a visit of one
+    assert browser.cookies["sessionid"].value == session_id
+    assert next_event["user_properties"]["session_id"] == session_id
+
+
 def through_asgi_handler(path: str, query: str = "", cookie: str = "") -> dict[str, str]:
     """GET through Django's own ASGI application, as uvicorn would; the response's headers.
 

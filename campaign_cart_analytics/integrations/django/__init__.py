@@ -45,10 +45,17 @@ SESSION_MARKER = "cca_session"
 
 
 def _session_key(request: Any) -> Optional[str]:
-    """The request's session key; a new visitor's session is saved now to have one."""
+    """The request's session key; a new visitor's session is saved now to have one.
+
+    The session is read from its store first: a cookie naming an expired or
+    unknown session leaves no key once read (and Django drops that cookie), so
+    its visitor is new too. With AuthenticationMiddleware this costs nothing:
+    the user lookup reads the session anyway, and Django keeps what it read.
+    """
     session = getattr(request, "session", None)
     if session is None:
         return None
+    session.keys()  # reads the stored session, once per request
     if session.session_key is None:
         # A new visitor: Django would make the key only when saving the response,
         # after this event. Make it now, so every event of the visit shares it.
