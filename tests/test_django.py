@@ -40,10 +40,18 @@ async def async_track_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse("tracked")
 
 
+async def async_view_tracking_in_the_sync_thread(request: HttpRequest) -> HttpResponse:
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(cca.track)("dl_async_view_sync_track")
+    return HttpResponse("tracked")
+
+
 urlpatterns = [
     path("track", track_view),
     path("quiet", quiet_view),
     path("async-track", async_track_view),
+    path("async-sync-track", async_view_tracking_in_the_sync_thread),
 ]
 
 
@@ -68,6 +76,7 @@ def django_receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiv
             "campaign_cart_analytics.integrations.django.AnalyticsMiddleware",
         ],
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(database)}},
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],  # fast, tests only
         CAMPAIGN_CART_ANALYTICS={"endpoint": server.url, "batchSize": 1, "maxRetries": 0},
     )
     django.setup()
@@ -267,6 +276,19 @@ def test_an_async_views_lookup_leaves_no_connection_open(django_receiver: Receiv
     finished = use.finished_threads_connections()
     assert finished, "the async view's lookup ran on a thread of its own"
     assert all(connection.connection is None for connection in finished)
+
+
+def test_an_async_view_tracking_through_sync_to_async_holds_no_loop(
+    django_receiver: Receiver,
+) -> None:
+    from django.test import AsyncClient
+
+    seen = len(django_receiver.delivered_events())
+    (response,), use = over_asgi(AsyncClient(), "/async-sync-track")
+    event = events_after(django_receiver, seen + 1)[-1]
+    assert response.cookies["sessionid"].value == event["user_properties"]["session_id"]
+    assert use.opened, "the lookup ran"
+    assert use.finished_threads_connections() == []  # in Django's sync thread, no helper
 
 
 def expired_session_key() -> str:
