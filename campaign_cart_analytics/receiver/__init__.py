@@ -11,21 +11,35 @@ receive`` runs it from the command line.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
 import socketserver
+import sys
 import threading
-from typing import Any, Callable, Optional
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import IO, Any, Callable, Optional, cast
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
 
-from .app import DEFAULT_MAX_BODY_BYTES, BatchError, ReceiverApp, validate_batch
+from .app import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_READ_TIMEOUT,
+    READ_TIMEOUT_KEY,
+    BatchError,
+    ReceiverApp,
+    parse_body,
+    validate_batch,
+)
 from .store import Store
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_READ_TIMEOUT",
     "BatchError",
     "LocalServer",
     "ReceiverApp",
     "Store",
     "create_app",
+    "parse_body",
     "serve",
     "validate_batch",
 ]
@@ -36,30 +50,126 @@ def create_app(
     *,
     token: Optional[str] = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
     log: Optional[Callable[[str], None]] = None,
 ) -> ReceiverApp:
-    """A receiver storing into the SQLite database at ``db_path`` (in memory by default)."""
-    return ReceiverApp(Store(db_path), token=token, max_body_bytes=max_body_bytes, log=log)
+    """A receiver storing into the SQLite database at ``db_path`` (in memory by default).
+
+    ``read_timeout`` (seconds) is how long ``LocalServer`` waits for each read
+    from a client before answering 408 and closing; under another WSGI server,
+    that server's own timeout applies.
+    """
+    return ReceiverApp(
+        Store(db_path),
+        token=token,
+        max_body_bytes=max_body_bytes,
+        read_timeout=read_timeout,
+        log=log,
+    )
 
 
 class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    read_timeout = DEFAULT_READ_TIMEOUT
 
 
-class _QuietHandler(WSGIRequestHandler):
+class _QuietServerHandler(ServerHandler):
+    request_handler: WSGIRequestHandler
+
+    def handle_error(self) -> None:
+        """A client gone or too slow while the answer is written: nothing to log, no 500."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error()  # a bug in the app: the traceback and a 500 are what helps
+
+
+class _Handler(WSGIRequestHandler):
+    """One request per connection, a timeout on every read, and errors as JSON.
+
+    ``WSGIRequestHandler`` would wait forever for a silent client, print a
+    traceback when a read fails, and answer a malformed request line in HTML.
+    """
+
+    def setup(self) -> None:
+        self.read_timeout = cast(_ThreadingWSGIServer, self.server).read_timeout
+        self.request.settimeout(self.read_timeout)
+        self.requestline, self.request_version, self.command = "", "", ""  # until one is read
+        super().setup()
+
+    def handle(self) -> None:
+        try:
+            self._handle_one()
+        except (socket.timeout, TimeoutError):
+            self._answer_quietly(408, f"the request did not arrive within {self.read_timeout:g} s")
+        except OSError:
+            pass  # the client went away: nobody to answer
+
+    def _handle_one(self) -> None:
+        """``WSGIRequestHandler.handle``, with a ``ServerHandler`` that keeps quiet."""
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.send_error(414)
+            return
+        if not self.parse_request():
+            return  # an error was sent
+        app = cast(WSGIServer, self.server).get_app()
+        assert app is not None  # LocalServer always has one
+        handler = _QuietServerHandler(
+            self.rfile, cast(IO[bytes], self.wfile), self.get_stderr(), self.get_environ()
+        )
+        handler.request_handler = self  # for its log line
+        handler.run(app)
+
+    def get_environ(self) -> dict[str, Any]:
+        environ = super().get_environ()
+        environ[READ_TIMEOUT_KEY] = self.read_timeout
+        return environ
+
+    def send_error(
+        self, code: int, message: Optional[str] = None, explain: Optional[str] = None
+    ) -> None:
+        """An error found before the app runs (a malformed request line, huge headers), as JSON."""
+        if self.request_version in ("", "HTTP/0.9"):
+            self.request_version = "HTTP/1.0"  # so that the status line and headers are sent
+        short = self.responses.get(code, ("Error", ""))[0]
+        text = message or short
+        body = json.dumps({"success": False, "error": text[:200]}).encode()
+        self.send_response(code, short)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.close_connection = True
+
+    def _answer_quietly(self, code: int, message: str) -> None:
+        with contextlib.suppress(OSError):  # not writable either: nobody to answer
+            self.send_error(code, message)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the app logs one line per request itself, when asked to
 
 
 class LocalServer:
-    """A threaded local server for a receiver app, running in a background thread."""
+    """A threaded local server for a receiver app, running in a background thread.
 
-    def __init__(self, app: ReceiverApp, host: str, port: int) -> None:
+    ``read_timeout`` (seconds; by default the app's) bounds each read from a
+    client, so that a client that stops sending holds a thread that long at most.
+    """
+
+    def __init__(
+        self, app: ReceiverApp, host: str, port: int, *, read_timeout: Optional[float] = None
+    ) -> None:
         self.app = app
+        self.read_timeout = app.read_timeout if read_timeout is None else read_timeout
+        if not self.read_timeout > 0:
+            raise ValueError(f"read_timeout must be a positive number of seconds: {read_timeout}")
         self._server = make_server(
-            host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+            host, port, app, server_class=_ThreadingWSGIServer, handler_class=_Handler
         )
+        self._server.read_timeout = self.read_timeout
         self.host = host
         self.port = self._server.server_port
         self.url = f"http://{host}:{self.port}/analytics"
@@ -86,6 +196,12 @@ class LocalServer:
         self.stop()
 
 
-def serve(app: ReceiverApp, host: str = "127.0.0.1", port: int = 0) -> LocalServer:
+def serve(
+    app: ReceiverApp,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    read_timeout: Optional[float] = None,
+) -> LocalServer:
     """Serve ``app`` on ``host:port`` (0 picks a free port) from a background thread."""
-    return LocalServer(app, host, port).start()
+    return LocalServer(app, host, port, read_timeout=read_timeout).start()

@@ -1,34 +1,47 @@
 """The reference receiver as a WSGI application: what an endpoint for this SDK should do.
 
 - ``POST /analytics`` takes a batch in the wire format (SPEC section 5). It
-  checks the bearer token when one is configured (401), caps the body size
-  (413), validates the batch (400 with a JSON error that names the problem:
-  not JSON, ``events`` not a list, more than 100 events, ``batch_info.size``
-  not matching, an event without ``event``/``event_id``/``event_time``), then
-  stores it idempotently and answers 202 with the source document's body
+  checks the bearer token when one is configured (401), wants a plain
+  ``Content-Length`` (411 without one, 400 for one that is not a whole number)
+  and caps the body size (413). It validates the batch (400 with a JSON error
+  that names the problem: not UTF-8, not JSON, ``events`` not a list, more than
+  100 events, ``batch_info.size`` not matching, an event without
+  ``event``/``event_id``/``event_time``, a string that is not valid Unicode),
+  then stores it idempotently and answers 202 with the source document's body
   (``success``, ``message``, ``batch_id``, ``events_processed``) plus
   ``duplicates``: how many of the batch's events were already stored.
 - ``OPTIONS /analytics`` answers CORS preflights, and every ``/analytics``
   answer carries CORS headers, so browser SDKs can post here too.
 - ``GET /events`` (``?limit=N&event=NAME``) and ``GET /stats`` show what arrived.
 
-Run it under any WSGI server (``gunicorn 'campaign_cart_analytics.receiver:create_app()'``)
-or with ``campaign-cart-analytics receive``.
+Whatever arrives, the answer is a 2xx or a 4xx with a JSON error: input never
+causes a 5xx. Run it under any WSGI server
+(``gunicorn 'campaign_cart_analytics.receiver:create_app()'``) or with
+``campaign-cart-analytics receive``.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import math
+import re
+import socket
 import uuid
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
+from urllib.parse import parse_qs
 
 from ..events import parse_iso8601
 from .store import Store
 
 MAX_EVENTS = 100
 DEFAULT_MAX_BODY_BYTES = 5 * 2**20
+DEFAULT_READ_TIMEOUT = 10.0
+MAX_DEPTH = 100  # nested arrays and objects, counted from the body's top level
+MAX_INT_DIGITS = 1000  # longer integers take quadratic time to convert, and no event needs them
+MAX_LIST_LIMIT = 10_000
+READ_TIMEOUT_KEY = "campaign_cart_analytics.read_timeout"  # set by the local server's handler
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 Reply = tuple[int, dict[str, Any], list[tuple[str, str]]]
@@ -41,17 +54,76 @@ CORS_HEADERS = [
 ]
 _REASONS = {
     200: "OK", 202: "Accepted", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-    404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
-    413: "Payload Too Large",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    411: "Length Required", 413: "Payload Too Large",
 }  # fmt: skip
+_DIGITS = re.compile("[0-9]{1,18}")  # ASCII only: int() would also take '+1', '1_0', '٣'
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_IDENTIFIER = re.compile("[A-Za-z_][A-Za-z0-9_]*")
 
 
 class BatchError(ValueError):
     """A batch that breaks the wire format; the message says where."""
 
 
+class _Refusal(Exception):
+    """A request answered with a 4xx other than 400, before its batch is looked at."""
+
+    def __init__(
+        self, status: int, message: str, headers: Optional[list[tuple[str, str]]] = None
+    ) -> None:
+        super().__init__(message)
+        self.reply = _error(status, message, headers)
+
+
+# ---------------------------------------------------------------- the body as JSON
+
+
+def parse_body(raw: bytes) -> Any:
+    """The JSON value in ``raw``, else ``BatchError``.
+
+    Stricter than ``json.loads`` on purpose: RFC 8259 wants UTF-8 between
+    systems (``json.loads`` would guess UTF-16 or UTF-32), and has no NaN or
+    Infinity (``json.loads`` takes them, and ``1e999`` becomes infinity), which
+    this receiver would otherwise store and serve back as invalid JSON.
+    """
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM is tolerated, as RFC 8259 allows
+    except UnicodeDecodeError as exc:
+        raise BatchError(f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        return json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_short_int
+        )
+    except RecursionError:
+        raise BatchError(f"the body is nested too deeply (at most {MAX_DEPTH} levels)") from None
+    except ValueError as exc:
+        raise BatchError(f"the body is not JSON: {exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (RFC 8259)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{_quote(text)} overflows to infinity, which JSON cannot carry")
+    return value
+
+
+def _short_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer has more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+# ---------------------------------------------------------------- the batch
+
+
 def validate_batch(batch: Any) -> list[dict[str, Any]]:
     """The batch's events if it is a valid batch, else ``BatchError``."""
+    _check_values(batch)
     if not isinstance(batch, dict):
         raise BatchError("the body must be a JSON object with 'events' and 'batch_info'")
     events = batch.get("events")
@@ -62,23 +134,81 @@ def validate_batch(batch: Any) -> list[dict[str, Any]]:
     info = batch.get("batch_info")
     if not isinstance(info, dict):
         raise BatchError("'batch_info' must be an object")
-    if info.get("size") != len(events) or isinstance(info.get("size"), bool):
-        raise BatchError(
-            f"batch_info.size is {info.get('size')!r} but 'events' holds {len(events)}"
-        )
+    size = info.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(events):
+        raise BatchError(f"batch_info.size is {_quote(size)} but 'events' holds {len(events)}")
     for index, event in enumerate(events):
-        if not isinstance(event, dict):
-            raise BatchError(f"events[{index}] must be an object")
-        for field in ("event", "event_id", "event_time"):
-            if not isinstance(event.get(field), str) or not event[field]:
-                raise BatchError(f"events[{index}].{field} is missing or not a non-empty string")
-        try:
-            parse_iso8601(event["event_time"])
-        except ValueError:
-            raise BatchError(
-                f"events[{index}].event_time {event['event_time']!r} is not ISO 8601"
-            ) from None
+        _check_event(index, event)
     return events
+
+
+def _check_event(index: int, event: Any) -> None:
+    if not isinstance(event, dict):
+        raise BatchError(f"events[{index}] must be an object")
+    for field in ("event", "event_id", "event_time"):
+        if not isinstance(event.get(field), str) or not event[field]:
+            raise BatchError(f"events[{index}].{field} is missing or not a non-empty string")
+    try:
+        parse_iso8601(event["event_time"])
+    except ValueError:
+        raise BatchError(
+            f"events[{index}].event_time {_quote(event['event_time'])} is not ISO 8601"
+        ) from None
+
+
+_Path = Optional[tuple[Any, Any]]  # (parent path, key or index): rendered only for an error
+
+
+def _check_values(document: Any) -> None:
+    """``BatchError`` for nesting deeper than ``MAX_DEPTH`` or a string that is not Unicode.
+
+    A JSON escape such as ``"\\ud800"`` is valid JSON but a lone surrogate, which
+    no UTF-8 text (SQLite's, or a reader's) can hold. Checked here, before
+    anything is stored, so the error names where it is. A loop, not recursion,
+    and paths are built only for an error: a 5 MB body of small values is
+    millions of them.
+    """
+    if isinstance(document, str):
+        _check_text(document, None)
+    containers: list[tuple[Any, _Path, int]] = []
+    if isinstance(document, (dict, list)):
+        containers.append((document, None, 1))
+    while containers:
+        container, path, depth = containers.pop()
+        if depth > MAX_DEPTH:
+            raise BatchError(f"{_render(path)} is nested deeper than {MAX_DEPTH} levels")
+        items: Iterable[tuple[Any, Any]] = enumerate(container)
+        if isinstance(container, dict):
+            if any(_SURROGATE.search(key) for key in container):
+                raise BatchError(f"{_render(path)} has a key with a lone surrogate: not Unicode")
+            items = container.items()
+        for key, item in items:
+            if isinstance(item, str):
+                _check_text(item, (path, key))
+            elif isinstance(item, (dict, list)):
+                containers.append((item, (path, key), depth + 1))
+
+
+def _check_text(text: str, path: _Path) -> None:
+    if _SURROGATE.search(text):
+        raise BatchError(f"{_render(path)} holds a lone surrogate: not Unicode")
+
+
+def _render(path: _Path) -> str:
+    """``events[0].note`` for the path ``(((None, 'events'), 0), 'note')``."""
+    parts: list[str] = []
+    while path is not None:
+        path, step = path
+        if isinstance(step, int):
+            parts.append(f"[{step}]")
+        elif _IDENTIFIER.fullmatch(step):
+            parts.append(f".{step}")
+        else:
+            parts.append(f"[{json.dumps(step[:40])}]")
+    return "".join(reversed(parts)).lstrip(".") or "the body"
+
+
+# ---------------------------------------------------------------- the app
 
 
 class ReceiverApp:
@@ -90,9 +220,13 @@ class ReceiverApp:
         *,
         token: Optional[str] = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
         log: Optional[Callable[[str], None]] = None,
     ) -> None:
+        if not read_timeout > 0:
+            raise ValueError(f"read_timeout must be a positive number of seconds: {read_timeout}")
         self.store = store
+        self.read_timeout = read_timeout
         self._token = token
         self._max_body_bytes = max_body_bytes
         self._log = log
@@ -130,31 +264,16 @@ class ReceiverApp:
             if path == "/stats":
                 return 200, self.store.stats(), []
             return self._list_events(environ.get("QUERY_STRING", ""))
-        return _error(404, f"no such path: {path}; batches go to POST /analytics")
+        return _error(404, f"no such path: {path[:100]}; batches go to POST /analytics")
 
     def _receive(self, environ: dict[str, Any]) -> Reply:
-        if self._token is not None:
-            given = environ.get("HTTP_AUTHORIZATION", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
-                return _error(
-                    401, "missing or wrong bearer token", [("WWW-Authenticate", "Bearer")]
-                )
         try:
-            length = int(environ.get("CONTENT_LENGTH") or "")
-        except ValueError:
-            return _error(411, "a Content-Length header is required")
-        if length > self._max_body_bytes:
-            return _error(
-                413, f"the body is {length} bytes; this receiver takes at most "
-                f"{self._max_body_bytes}",
-            )  # fmt: skip
-        raw = environ["wsgi.input"].read(length)
-        try:
-            batch = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, f"the body is not JSON: {exc}")
-        try:
+            self._check_token(environ)
+            raw = self._read_body(environ, self._content_length(environ))
+            batch = parse_body(raw)
             events = validate_batch(batch)
+        except _Refusal as refusal:
+            return refusal.reply
         except BatchError as exc:
             return _error(400, str(exc))
         batch_id = batch["batch_info"].get("batch_id")
@@ -173,17 +292,63 @@ class ReceiverApp:
             [],
         )
 
-    def _list_events(self, query_string: str) -> Reply:
-        from urllib.parse import parse_qs
+    def _check_token(self, environ: dict[str, Any]) -> None:
+        if self._token is None:
+            return
+        given = environ.get("HTTP_AUTHORIZATION", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
+            raise _Refusal(401, "missing or wrong bearer token", [("WWW-Authenticate", "Bearer")])
 
-        query = parse_qs(query_string)
+    def _content_length(self, environ: dict[str, Any]) -> int:
+        """The body's declared size, refused unless plain digits and within the cap.
+
+        A chunked body is refused rather than decoded: the local server would
+        read it as if it were the body, and a length of -1 would make it read
+        until the client goes away.
+        """
+        if environ.get("HTTP_TRANSFER_ENCODING"):
+            raise _Refusal(
+                411, "a Content-Length header is required; Transfer-Encoding is not accepted"
+            )
+        given = environ.get("CONTENT_LENGTH") or ""
+        if not given:
+            raise _Refusal(411, "a Content-Length header is required")
+        if not given.isascii() or not given.isdigit():
+            raise BatchError(f"Content-Length must be a whole number of bytes; got {_quote(given)}")
+        if not _DIGITS.fullmatch(given) or int(given) > self._max_body_bytes:
+            raise _Refusal(
+                413, f"the body is {given[:20]} bytes; this receiver takes at most "
+                f"{self._max_body_bytes}",
+            )  # fmt: skip
+        return int(given)
+
+    def _read_body(self, environ: dict[str, Any], length: int) -> bytes:
+        """All ``length`` bytes of the body; a client that stops sending gets 408 or 400."""
         try:
-            limit = int(query.get("limit", ["100"])[0])
-        except ValueError:
-            return _error(400, "limit must be a whole number")
+            raw: bytes = environ["wsgi.input"].read(length)
+        except (socket.timeout, TimeoutError):
+            waited = environ.get(READ_TIMEOUT_KEY, self.read_timeout)
+            raise _Refusal(408, f"the body did not arrive: nothing came for {waited:g} s") from None
+        except OSError as exc:
+            raise BatchError(f"the body could not be read: {exc.strerror or exc}") from None
+        if len(raw) < length:
+            raise BatchError(f"the body ended after {len(raw)} of {length} bytes")
+        return raw
+
+    def _list_events(self, query_string: str) -> Reply:
+        query = parse_qs(query_string)
+        given = query.get("limit", ["100"])[0]
+        if not _DIGITS.fullmatch(given) or int(given) > MAX_LIST_LIMIT:
+            return _error(400, f"limit must be a whole number from 0 to {MAX_LIST_LIMIT}")
         event = query.get("event", [None])[0]
-        return 200, {"events": self.store.events(limit=max(0, limit), event=event)}, []
+        return 200, {"events": self.store.events(limit=int(given), event=event)}, []
 
 
 def _error(status: int, message: str, headers: Optional[list[tuple[str, str]]] = None) -> Reply:
     return status, {"success": False, "error": message}, headers or []
+
+
+def _quote(value: Any, width: int = 40) -> str:
+    """``repr(value)``, cut to ``width`` characters: an error names the input, not all of it."""
+    text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return text if len(text) <= width else text[: width - 3] + "..."
