@@ -1,11 +1,13 @@
 """The reference receiver against hostile or broken input, over real sockets on 127.0.0.1.
 
 The rule under test: every request gets a 2xx, or a 4xx with a JSON error body;
-never a 5xx, never a hang, never a traceback. Raw sockets send the exact bytes.
+never a 5xx, never a hang, never a traceback. Raw sockets send the exact bytes;
+a property test (Hypothesis) posts generated bodies over HTTP.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import json
 import signal
@@ -13,11 +15,14 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any, Protocol
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from campaign_cart_analytics.receiver import LocalServer, create_app, serve
 
@@ -339,3 +344,134 @@ def test_the_receive_command_answers_hostile_requests_without_a_traceback() -> N
     assert process.returncode == 0
     assert "Traceback" not in stderr and " 500 " not in stderr
     assert "POST /analytics 400 events[0].event_id holds a lone surrogate" in stderr
+
+
+# ---------------------------------------------------------------- properties (Hypothesis)
+
+WIRE_FIELDS = ("event", "event_id", "event_time")
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+event_dicts = st.builds(
+    lambda name, at, extra: {
+        "event": name,
+        "event_id": "set by the test",
+        "event_time": at.isoformat(timespec="milliseconds") + "Z",
+        **extra,
+    },
+    st.text(min_size=1, max_size=20),
+    st.datetimes(dt.datetime(1970, 1, 1), dt.datetime(2100, 1, 1)),
+    st.dictionaries(
+        st.text(max_size=8).filter(lambda k: k not in WIRE_FIELDS), json_values, max_size=4
+    ),
+)
+
+
+def as_batch(listed: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of ``listed``, each event given an id no other example uses."""
+    ided = [{**item, "event_id": f"prop_{uuid.uuid4().hex}"} for item in listed]
+    return {"events": ided, "batch_info": {"size": len(ided), "batch_id": "b_prop"}}
+
+
+@st.composite
+def near_valid(draw: st.DrawFn) -> bytes:
+    """A valid batch with one field replaced by any JSON value, or removed."""
+    batch = as_batch(draw(st.lists(event_dicts, min_size=1, max_size=3)))
+    index = draw(st.integers(0, len(batch["events"]) - 1))
+    parent, key = draw(
+        st.sampled_from(
+            [(batch, "events"), (batch, "batch_info"), (batch["batch_info"], "size")]
+            + [(batch["events"][index], field) for field in WIRE_FIELDS]
+            + [(batch["events"], index)]
+        )
+    )
+    if isinstance(parent, dict) and draw(st.booleans()):
+        del parent[key]
+    else:
+        parent[key] = draw(json_values)
+    return json.dumps(batch).encode()
+
+
+lone_surrogates = st.builds(
+    lambda before, code, after: f'"{before}\\u{code:04x}{after}"',
+    st.text("abc xyz", max_size=5),
+    st.integers(0xD800, 0xDFFF),
+    st.text("abc xyz", max_size=5),
+)
+not_json_numbers = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e400", "[1e309]"])
+
+
+kinds = st.sampled_from(["arrays", "objects"])
+deep = st.builds(nested, st.integers(1, 100_000), kinds)
+too_deep = st.builds(nested, st.integers(101, 100_000), kinds)  # the receiver keeps 100 levels
+refused_bodies = (lone_surrogates | not_json_numbers | too_deep).map(with_raw_note)
+any_bodies = (
+    st.binary(max_size=512)
+    | json_values.map(lambda value: json.dumps(value).encode())
+    | near_valid()
+    | deep.map(str.encode)
+    | deep.map(with_raw_note)
+    | refused_bodies
+)
+
+
+def post_http(server: Address, body: bytes) -> tuple[int, bytes]:
+    """POST ``body`` with an ordinary HTTP client; the status and body, checked for the rule."""
+    started = time.monotonic()
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=ANSWER_WITHIN)
+    try:
+        connection.request("POST", "/analytics", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        status, answer = response.status, response.read()
+    finally:
+        connection.close()
+    assert time.monotonic() - started < ANSWER_WITHIN
+    assert 200 <= status < 300 or 400 <= status < 500, (status, answer[:300])
+    if status >= 400:
+        document = json.loads(answer)
+        assert document["success"] is False and isinstance(document["error"], str)
+    return status, answer
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[LocalServer]:
+    local = serve(create_app(), read_timeout=2.0)
+    yield local
+    local.stop()
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(body=any_bodies)
+def test_any_body_gets_a_2xx_or_a_json_4xx_in_time(shared: LocalServer, body: bytes) -> None:
+    post_http(shared, body)
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(body=refused_bodies)
+def test_non_json_numbers_lone_surrogates_and_deep_nesting_are_400(
+    shared: LocalServer, body: bytes
+) -> None:
+    assert post_http(shared, body)[0] == 400
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(listed=st.lists(event_dicts, max_size=5))
+def test_a_valid_batch_is_accepted_and_stored_byte_exact(
+    shared: LocalServer, listed: list[dict[str, Any]]
+) -> None:
+    batch = as_batch(listed)
+    sent = batch["events"]
+    status, answer = post_http(shared, json.dumps(batch).encode())
+    assert status == 202 and json.loads(answer)["events_processed"] == len(sent)
+    _, stored = get(shared, f"/events?limit={len(sent)}")
+    assert [json.dumps(e) for e in json.loads(stored)["events"]] == [json.dumps(e) for e in sent]
+    for text in (json.dumps(e).encode() for e in sent):  # as sent, byte for byte
+        assert text in stored
