@@ -13,6 +13,7 @@ accepted by ``normalize_settings`` so one settings file can serve both SDKs.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import types
 import urllib.parse
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
 import attrs
+import requests.models as requests_models
 
 from .errors import ConfigError
 
@@ -45,13 +47,16 @@ SEED_NAMES: Mapping[str, str] = types.MappingProxyType(
         "shutdown_timeout_ms": "shutdownTimeoutMs",
         "enabled": "enabled",
         "on_error": "onError",
+        "verify": "verify",
     }
 )
 _BY_ANY_NAME = {**{seed: ours for ours, seed in SEED_NAMES.items()}, **{o: o for o in SEED_NAMES}}
 
-# RFC 7230 token characters; a value may not hold CR, LF or NUL (header injection).
+# RFC 9110 token characters for names. A value is visible ASCII, spaces and tabs, or
+# Latin-1 "obs-text" (what http.client can encode): no control character (CR and LF
+# would inject headers), nothing beyond U+00FF, no leading white space (requests refuses it).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_BAD_HEADER_VALUE = re.compile(r"[\r\n\x00]|^\s")
+_HEADER_VALUE = re.compile(r"^(?:[\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*)?$")
 
 
 def option_label(name: str) -> str:
@@ -61,16 +66,14 @@ def option_label(name: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password and query values replaced by ``***``, for logs and reprs."""
+    """The URL with its credentials and query values replaced by ``***``, for logs and reprs."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
     netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"***@{hostport}"
+    if "@" in netloc:  # a user name can be a token too: hide all of the credentials
+        netloc = "***@" + netloc.rpartition("@")[2]
     query = parts.query
     if query:
         pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
@@ -85,10 +88,12 @@ def check_header_value(name: str, value: object) -> str:
             f"headers[{name!r}] must be a str (or a callable returning str); "
             f"got {type(value).__name__}"
         )
-    if _BAD_HEADER_VALUE.search(value):
+    if not _HEADER_VALUE.match(value):
         raise ConfigError(
-            f"headers[{name!r}] must not start with white space or contain CR, LF or NUL "
-            "(the value is not shown because headers carry secrets)"
+            f"headers[{name!r}] may hold only visible ASCII (or Latin-1) characters, with "
+            "spaces and tabs between them: no CR, LF, NUL or other control character, no "
+            "character beyond U+00FF, no white space at the start (the value is not shown "
+            "because headers carry secrets)"
         )
     return value
 
@@ -125,16 +130,50 @@ def _bool_option(_instance: Any, attribute: attrs.Attribute[Any], value: Any) ->
 
 
 def _check_endpoint(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
-    rule = "an absolute http:// or https:// URL with a host"
     if not isinstance(value, str):
-        raise _rule_error("endpoint", value, rule)
+        raise _rule_error("endpoint", value, _ENDPOINT_RULE)
+    problem = endpoint_problem(value)
+    if problem is not None:
+        raise ConfigError(
+            f"endpoint must be {_ENDPOINT_RULE}; got {redact_url(value)!r}: {problem}"
+        )
+
+
+_ENDPOINT_RULE = "an absolute http:// or https:// URL with a host"
+
+
+def endpoint_problem(url: str) -> Optional[str]:
+    """What keeps ``url`` from being an endpoint, in words that show no part of it; or None."""
+    if url != url.strip() or any(ord(char) < 0x21 or char == "\x7f" for char in url):
+        return "it holds white space or control characters"
     try:
-        parts = urllib.parse.urlsplit(value)
-        has_host = bool(parts.hostname)
-    except ValueError:
-        has_host = False
-    if parts.scheme not in ("http", "https") or not has_host or value != value.strip():
-        raise ConfigError(f"endpoint must be {rule}; got {redact_url(value)!r}")
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        return "it cannot be parsed" + (" (a bad port)" if "port" in str(exc).lower() else "")
+    if parts.scheme not in ("http", "https"):
+        return "the scheme is not http or https"
+    if not parts.hostname:
+        return "it has no host"
+    if port == 0:
+        return "port 0 cannot be connected to"
+    try:  # what requests itself will refuse when it prepares the first request
+        requests_models.PreparedRequest().prepare_url(url, None)
+    except Exception:
+        return "requests cannot use it (check the host name)"
+    return None
+
+
+def _check_verify(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (str, os.PathLike)) and os.path.exists(value):
+        return
+    shown = value if isinstance(value, (str, os.PathLike)) else type(value).__name__
+    raise ConfigError(
+        f"verify must be True, False, or the path of a CA bundle file or folder; "
+        f"got {shown!r}" + (" (no such file or folder)" if shown is value else "")
+    )
 
 
 def _freeze_headers(value: Any) -> Mapping[str, HeaderValue]:
@@ -177,6 +216,7 @@ class Config:
     shutdown_timeout_ms: int = attrs.field(default=5000, validator=_int_option(0))
     enabled: bool = attrs.field(default=True, validator=_bool_option)
     on_error: Optional[ErrorCallback] = attrs.field(default=None, validator=_optional_callable)
+    verify: Union[bool, str] = attrs.field(default=True, validator=_check_verify)
 
     def __attrs_post_init__(self) -> None:
         if self.max_queue_size < self.batch_size:
