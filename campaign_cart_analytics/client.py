@@ -11,15 +11,18 @@ logged, counted in ``stats()`` and reported to ``on_error``.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import json
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from contextlib import AbstractContextManager, ContextDecorator
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import _lifecycle
 from ._logging import RateLimitedLog, logger
@@ -81,11 +84,12 @@ class Analytics:
     - ``max_retries``, ``retry_delay_ms``: retry k waits ``retry_delay_ms * 2**(k-1)``.
     - ``transform_function``: called once per event in ``track()``'s thread with
       a copy it may change; return the event to send, or None to drop it.
-    - ``request_timeout_ms``: bounds each attempt's connect and each read.
+    - ``request_timeout_ms``: bounds each attempt, from connecting to the response's last byte.
     - ``max_queue_size``: events waiting beyond this are dropped (and counted).
     - ``shutdown_timeout_ms``: the longest the exit-time flush keeps the process alive.
     - ``enabled``: False makes every call a no-op and starts no thread.
     - ``on_error(events, error)``: called with the events whenever some are dropped.
+    - ``verify``: TLS certificate checks: True, False, or a CA bundle's path.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class Analytics:
         shutdown_timeout_ms: int = 5000,
         enabled: bool = True,
         on_error: Optional[ErrorCallback] = None,
+        verify: Union[bool, str] = True,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -120,10 +125,12 @@ class Analytics:
             shutdown_timeout_ms=shutdown_timeout_ms,
             enabled=enabled,
             on_error=on_error,
+            verify=verify,
         )
         self._events = EventFactory()
         self._state = _ProcessState(self.config)
         self._context = EventContext()
+        self._shut_down = False  # once set, in this process and any forked from it
         self._warned_closed = False
         _lifecycle.created(self)
         if self.config.enabled:
@@ -181,7 +188,7 @@ class Analytics:
         try:
             text = encode(final)
         except UnencodableValue as problem:
-            self._unencodable(properties, problem, state.pending, final)
+            self._unencodable(event, properties, problem, state.pending, final)
             return None
 
         refused = state.pending.put(text)
@@ -230,12 +237,16 @@ class Analytics:
 
     def _unencodable(
         self,
+        name: str,
         properties: Mapping[str, Any],
         problem: UnencodableValue,
         pending: PendingEvents,
         final: dict[str, Any],
     ) -> None:
         """Raise if the caller's own value is to blame; else the transform broke the event."""
+        bad_name = find_unencodable(name, "event")
+        if bad_name is not None:
+            raise bad_name from None
         if self.config.transform_function is None:
             raise UnencodableValue("properties" + problem.path, problem.reason) from None
         callers = find_unencodable(properties, "properties")
@@ -308,10 +319,12 @@ class Analytics:
         """Send everything queued now, without waiting for the batch interval.
 
         Blocks until those events are delivered or dropped, or ``timeout``
-        seconds pass. True only if every event tracked since the previous
-        ``flush()`` began (or since the client was created) was delivered:
-        one dropped earlier, by a rejected batch, a full queue or a failing
-        transform, makes it False too. Filtered events do not count.
+        seconds pass. True only if it did not time out and no event was lost
+        that an earlier ``flush()`` or ``shutdown()`` has not reported: each
+        loss (a rejected batch, a full queue, a failing transform; not a
+        filtered event) makes exactly one of them return False, the first to
+        complete after it, whichever thread called it. A flush that times out
+        returns False and reports nothing, so a later one still sees the loss.
         """
         if not self.config.enabled:
             return True
@@ -320,18 +333,25 @@ class Analytics:
             return True  # nothing of the parent's is ours to send
         if state.pending.stats().queued:
             self._ensure_worker(state)
-        _, delivered = state.pending.flush(timeout)
-        return delivered
+        settled, no_loss = state.pending.flush(timeout)
+        return settled and no_loss
+
+    async def flush_async(self, timeout: Optional[float] = None) -> bool:
+        """``flush(timeout)`` from a coroutine, waiting in a thread so the event loop runs on."""
+        return await _in_thread(self.flush, timeout)
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
         """Flush, then stop the background thread; idempotent.
 
         With a ``timeout``, waits before retries are cut short where they would
-        end after it, and whatever is still undelivered then is dropped and
-        counted as ``dropped_shutdown``. True if everything was delivered.
+        end after it. When the timeout passes, a request still in flight is
+        cut off, nothing more is sent, and every event still undelivered is
+        counted as ``dropped_shutdown`` and handed to ``on_error``. True if
+        everything was delivered and no earlier loss was left unreported.
         """
         if not self.config.enabled:
             return True
+        self._shut_down = True
         gives_up_at = None if timeout is None else time.monotonic() + timeout
         if gives_up_at is not None:
             self._begin_shutdown(waits_until=gives_up_at, gives_up_at=gives_up_at)
@@ -339,7 +359,12 @@ class Analytics:
             self._state.pending.close()
         return self._finish_shutdown(gives_up_at=gives_up_at, reason="shutdown()")
 
+    async def shutdown_async(self, timeout: Optional[float] = None) -> bool:
+        """``shutdown(timeout)`` from a coroutine, waiting in a thread so the event loop runs on."""
+        return await _in_thread(self.shutdown, timeout)
+
     def _begin_shutdown(self, *, waits_until: float, gives_up_at: Optional[float]) -> None:
+        self._shut_down = True
         state = self._state
         state.clock.begin(waits_until=waits_until, gives_up_at=gives_up_at)
         state.pending.close()  # also wakes the worker, to plan with the deadlines
@@ -347,21 +372,27 @@ class Analytics:
     def _finish_shutdown(self, *, gives_up_at: Optional[float], reason: str) -> bool:
         state = self._state
         dropped_before = state.pending.stats().dropped_shutdown
-        settled, delivered = state.pending.flush(_remaining(gives_up_at))
+        settled, no_loss = state.pending.flush(_remaining(gives_up_at))
         if not settled:
-            _, texts = state.pending.write_off()
+            # Out of time: from here on nothing of this client sends, and whatever is
+            # still pending (queued, in flight, parked) is counted and handed over here.
+            state.transport.stop_sending()
+            problem = state.pending.stats().last_error or "the endpoint did not answer in time"
+            texts = state.pending.write_off(f"{reason} ran out of time; before: {problem}")
             if texts:
                 error = ShutdownDropError(
-                    f"{len(texts)} events were still queued at {reason}", batch_id="", attempts=0
+                    f"{len(texts)} events were still undelivered at {reason}; "
+                    f"last problem: {problem}",
+                    batch_id="",
+                    attempts=0,
                 )
                 report_error(self.config, [json.loads(text) for text in texts], error)
         dropped = state.pending.stats().dropped_shutdown - dropped_before
         if dropped:
-            problem = state.pending.stats().last_error
             logger.warning(
                 "%s: %d events could not be delivered in time and were dropped "
                 "(stats: dropped_shutdown); last problem: %s",
-                reason, dropped, problem,
+                reason, dropped, state.pending.stats().last_error,
             )  # fmt: skip
         thread = state.thread
         if thread is not None:
@@ -369,7 +400,7 @@ class Analytics:
         if thread is None or not thread.is_alive():
             state.transport.close()
         _lifecycle.stopped(self)
-        return settled and delivered
+        return settled and no_loss
 
     def stats(self) -> Stats:
         """A snapshot of the counters: tracked, queued, delivered, dropped_* and more."""
@@ -378,29 +409,69 @@ class Analytics:
     # ------------------------------------------------------------ process life
 
     def _reset_for_new_process(self) -> None:
-        """In a forked child: a fresh queue, thread and session; the parent sends its own."""
+        """In a forked child: a fresh queue, thread and session; the parent sends its own.
+
+        A client shut down before the fork stays shut down in the child.
+        """
         self._events.reset_for_process()
         self._state = _ProcessState(self.config)
+        self._warned_closed = False
+        if self._shut_down:
+            self._state.pending.close()
+
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
 
 
 class Flushing(ContextDecorator):
-    """``Analytics.flushing(timeout)``: flush at the end of a block or decorated function."""
+    """``Analytics.flushing(timeout)``: flush at the end of a block or decorated function.
+
+    On an ``async def`` function the flush runs after the coroutine finished,
+    in a thread, so the event loop is not blocked; ``async with`` works too.
+    """
 
     def __init__(self, client: Analytics, timeout: Optional[float]) -> None:
         self._client = client
         self._timeout = timeout
         self.delivered: Optional[bool] = None  # set when the block ends
 
+    def __call__(self, func: _Function) -> _Function:
+        if not inspect.iscoroutinefunction(func):
+            return super().__call__(func)
+
+        @functools.wraps(func)
+        async def flushed_after(*args: Any, **kwargs: Any) -> Any:
+            async with self:
+                return await func(*args, **kwargs)
+
+        return flushed_after  # type: ignore[return-value]
+
     def __enter__(self) -> Flushing:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.delivered = self._client.flush(self._timeout)
-        if not self.delivered:
+        self._report(self._client.flush(self._timeout))
+
+    async def __aenter__(self) -> Flushing:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._report(await self._client.flush_async(self._timeout))
+
+    def _report(self, delivered: bool) -> None:
+        self.delivered = delivered
+        if not delivered:
             logger.warning(
                 "flush at the end of the handler did not deliver everything: %s",
                 self._client.stats(),
             )
+
+
+_Result = TypeVar("_Result")
+
+
+def _in_thread(function: Callable[..., _Result], *args: Any) -> Awaitable[_Result]:
+    return asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
 def warn_if_threads_cannot_run() -> None:

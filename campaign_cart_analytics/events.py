@@ -2,8 +2,8 @@
 
 ``EventFactory.envelope`` turns ``track(name, properties)`` into the event
 object of the wire format: ``event``, ``event_id`` and ``event_time`` first,
-then the caller's top-level properties. ``encode`` turns that object into JSON
-text exactly once, in ``track()``'s thread; the text is the event's snapshot,
+then the caller's top-level properties. ``encode`` turns that object into UTF-8 JSON
+exactly once, in ``track()``'s thread; the text is the event's snapshot,
 so the caller may change its objects afterwards, and a batch body is made by
 joining these texts (``batch_body``).
 
@@ -235,18 +235,24 @@ def _fast_encoder() -> Callable[[Any], str]:
 _encode_json = _fast_encoder()
 
 
-def encode(event: Mapping[str, Any]) -> str:
-    """The event as compact JSON text; ``UnencodableValue`` names the first bad path."""
+def encode(event: Mapping[str, Any]) -> bytes:
+    """The event as compact UTF-8 JSON; ``UnencodableValue`` names the first bad path.
+
+    Encoding to bytes here, once, in ``track()``'s thread, is what keeps a bad
+    string from costing its batch-mates: a str with a lone surrogate (valid
+    JSON can produce one: ``json.loads('"\\ud800"')``) has no UTF-8 form, and
+    it is refused now instead of failing the whole batch in the worker.
+    """
     try:
         text = _encode_json(event)
-    except (TypeError, ValueError, RecursionError):
+        if _DECIMAL_MARK in text:
+            text = _DECIMAL_STRING.sub(r"\1", text)
+        return text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         problem = find_unencodable(event)
         if problem is None:  # pragma: no cover - the walk and the encoder agree on every type
             raise
         raise problem from None
-    if _DECIMAL_MARK in text:
-        text = _DECIMAL_STRING.sub(r"\1", text)
-    return text
 
 
 def find_unencodable(value: Any, path: str = "") -> Optional[UnencodableValue]:
@@ -255,7 +261,9 @@ def find_unencodable(value: Any, path: str = "") -> Optional[UnencodableValue]:
 
 
 def _walk(value: Any, path: str, open_containers: set[int]) -> Optional[UnencodableValue]:
-    if value is None or isinstance(value, (str, bool, int)):
+    if isinstance(value, str):
+        return None if _is_utf8_safe(value) else UnencodableValue(path, _SURROGATE_REASON)
+    if value is None or isinstance(value, (bool, int)):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else UnencodableValue(path, f"{value} is not JSON")
@@ -277,6 +285,8 @@ def _walk(value: Any, path: str, open_containers: set[int]) -> Optional[Unencoda
             for key, item in value.items():
                 if not (key is None or isinstance(key, (str, int, float, bool))):
                     return UnencodableValue(path, f"dict key {key!r} is not a str")
+                if isinstance(key, str) and not _is_utf8_safe(key):
+                    return UnencodableValue(path, f"dict key {key!r}: {_SURROGATE_REASON}")
                 found = _walk(item, f"{path}[{key!r}]", open_containers)
                 if found:
                     return found
@@ -290,12 +300,26 @@ def _walk(value: Any, path: str, open_containers: set[int]) -> Optional[Unencoda
         open_containers.discard(id(value))
 
 
+_SURROGATE_REASON = (
+    "str holds a lone surrogate (such as '\\ud800'), which has no UTF-8 form; "
+    "decode your input with errors='replace' or fix its source"
+)
+
+
+def _is_utf8_safe(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def new_batch_id() -> str:
     """A fresh batch id: ``b_`` and 32 hex digits."""
     return f"b_{uuid.uuid4().hex}"
 
 
-def batch_body(encoded_events: list[str], batch_id: str, sent_at_ms: int) -> bytes:
+def batch_body(encoded_events: list[bytes], batch_id: str, sent_at_ms: int) -> bytes:
     """The POST body for a batch, joining events that were each encoded once in ``track()``."""
     batch_info = {
         "size": len(encoded_events),
@@ -303,5 +327,12 @@ def batch_body(encoded_events: list[str], batch_id: str, sent_at_ms: int) -> byt
         "source": SOURCE,
         "batch_id": batch_id,
     }
-    text = '{"events":[' + ",".join(encoded_events) + '],"batch_info":'
-    return (text + json.dumps(batch_info, separators=(",", ":")) + "}").encode("utf-8")
+    return b"".join(
+        (
+            b'{"events":[',
+            b",".join(encoded_events),
+            b'],"batch_info":',
+            json.dumps(batch_info, separators=(",", ":")).encode(),
+            b"}",
+        )
+    )

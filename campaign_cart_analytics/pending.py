@@ -18,10 +18,16 @@ contiguous watermark ``settled_through`` are kept until the gap closes; then
 "everything queued before this call has been settled" is
 ``settled_through >= the last number given out at the call``.
 
-A flush reports on its window: every event tracked since the previous flush
-began (or since the start). The window fails if any of its events was
-dropped, before the call (a batch rejected earlier, a full queue, a broken
-transform) or while the flush waited. Filtered events are not failures.
+Losses are reported once (SPEC section 7). Every event lost (a rejected
+batch, a full queue, a failing transform, a shutdown that ran out of time;
+filtered events are not losses) adds to ``losses``. The first ``flush()`` or
+shutdown that completes after a loss returns False and moves ``reported`` up
+to ``losses``; a flush that times out leaves it, so the loss it could not
+see is reported by a later one.
+
+Batches the worker has taken and not settled are kept by their first
+sequence number, so that a shutdown that runs out of time can count and
+hand over every one of their events, in flight or parked for a retry.
 """
 
 from __future__ import annotations
@@ -41,14 +47,13 @@ class TakenBatch:
     """Events the worker took off the queue: their texts and their sequence numbers."""
 
     first_seq: int
-    texts: list[str]
+    texts: list[bytes]  # each event's UTF-8 JSON, encoded once in track()
 
     @property
     def last_seq(self) -> int:
         return self.first_seq + len(self.texts) - 1
 
-    def split(self) -> tuple[TakenBatch, TakenBatch]:
-        """Two halves, in order, for a batch the endpoint found too large."""
+    def halves(self) -> tuple[TakenBatch, TakenBatch]:
         half = len(self.texts) // 2
         return (
             TakenBatch(self.first_seq, self.texts[:half]),
@@ -60,7 +65,6 @@ class TakenBatch:
 class _FlushWaiter:
     target_seq: int
     done: bool = False
-    failed: bool = False
 
 
 class PendingEvents:
@@ -81,36 +85,35 @@ class PendingEvents:
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)  # the worker waits on this
         self._settled = threading.Condition(self._lock)  # flush() and shutdown() wait on this
-        self._items: collections.deque[tuple[str, float]] = collections.deque()
+        self._items: collections.deque[tuple[bytes, float]] = collections.deque()
+        self._taken: dict[int, TakenBatch] = {}  # taken by the worker, not settled; by first_seq
         self._head_seq = 1  # sequence number of self._items[0]
         self._last_seq = 0  # last sequence number given out
         self._settled_through = 0  # every event up to here is settled
         self._settled_above: dict[int, int] = {}  # first -> last seq of ranges settled beyond it
-        self._written_off_through = 0  # shutdown counted everything up to here as dropped
         self._flush_through = 0
         self._closing = False
         self._interrupts = 0  # bumped to make a waiting take_batch() return and re-plan
         self._waiters: list[_FlushWaiter] = []
-        self._last_dropped_seq = 0  # highest sequence number dropped after queueing
-        self._refused_drops = 0  # events dropped before they got a sequence number
-        self._window_start = (0, 0)  # (last seq, refused drops) when the last flush began
+        self._losses = 0  # events lost so far
+        self._reported_losses = 0  # of those, how many a completed flush or shutdown reported
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._last_error: Optional[str] = None
 
     # ------------------------------------------------------------ track() side
 
-    def put(self, text: str) -> Optional[str]:
+    def put(self, text: bytes) -> Optional[str]:
         """Queue one encoded event; None when queued, else the counter it was dropped under."""
         with self._lock:  # the bare lock: cheaper to enter than its Condition, same lock
             self._counts["tracked"] += 1
             if self._closing:
                 self._counts["dropped_shutdown"] += 1
-                self._refused_drops += 1
+                self._losses += 1
                 return "dropped_shutdown"
             # The bound covers all that is pending: queued, in flight, or parked for a retry.
             if self._counts["queued"] >= self._max_size:
                 self._counts["dropped_queue_full"] += 1
-                self._refused_drops += 1
+                self._losses += 1
                 return "dropped_queue_full"
             size = len(self._items)
             self._items.append((text, time.monotonic()))
@@ -128,7 +131,7 @@ class PendingEvents:
             self._counts["tracked"] += 1
             self._counts[counter] += 1
             if counter != "filtered":
-                self._refused_drops += 1
+                self._losses += 1
 
     # ------------------------------------------------------------ worker side
 
@@ -163,25 +166,40 @@ class PendingEvents:
             count = min(self._batch_size, len(self._items))
             texts = [self._items.popleft()[0] for _ in range(count)]
             batch = TakenBatch(self._head_seq, texts)
+            self._taken[batch.first_seq] = batch
             self._head_seq += count
             return batch
 
-    def settle(self, batch: TakenBatch, counter: str) -> bool:
-        """Record the fate of a batch's events; False if shutdown had already written them off."""
+    def split(self, batch: TakenBatch) -> tuple[TakenBatch, TakenBatch]:
+        """Two halves, in order, of a batch the endpoint found too large; each settles alone."""
+        first, second = batch.halves()
+        with self._lock:
+            if self._taken.pop(batch.first_seq, None) is not None:
+                self._taken[first.first_seq] = first
+                self._taken[second.first_seq] = second
+        return first, second
+
+    def settle(self, batch: TakenBatch, counter: str, problem: Optional[str] = None) -> bool:
+        """Record the fate of a batch's events; False if shutdown had already written them off.
+
+        ``problem`` says why they were dropped, for ``stats().last_error``.
+        """
         with self._settled:
-            if batch.last_seq <= self._written_off_through:
+            if self._taken.pop(batch.first_seq, None) is None:
                 return False
+            if problem is not None:
+                self._last_error = problem
             count = len(batch.texts)
             self._counts["queued"] -= count
             self._counts[counter] += count
             if counter == "delivered":
                 self._counts["batches_sent"] += 1
             else:
-                self._last_dropped_seq = max(self._last_dropped_seq, batch.last_seq)
+                self._losses += count
             self._settled_above[batch.first_seq] = batch.last_seq
             while self._settled_through + 1 in self._settled_above:
                 self._settled_through = self._settled_above.pop(self._settled_through + 1)
-            self._update_waiters(batch.first_seq, failed=counter != "delivered")
+            self._update_waiters()
             return True
 
     def count_retry(self, problem: str) -> None:
@@ -189,33 +207,26 @@ class PendingEvents:
             self._counts["retries"] += 1
             self._last_error = problem
 
-    def note_error(self, problem: str) -> None:
-        with self._settled:
-            self._last_error = problem
-
     # ------------------------------------------------------------ flush and shutdown
 
     def flush(self, timeout: Optional[float]) -> tuple[bool, bool]:
         """Have everything queued so far sent now; wait until it is settled or ``timeout``.
 
-        Returns ``(settled, delivered)``: whether every queued event was
-        delivered or dropped in time, and whether every event of this flush's
-        window (see the module doc) was delivered.
+        Returns ``(settled, no_loss)``: whether every event queued at the call
+        was delivered or dropped in time, and, if so, whether no loss was left
+        unreported (see the module doc; this call reports them). A flush that
+        times out returns ``(False, False)`` and reports nothing.
         """
         with self._settled:
-            window_seq, window_refused = self._window_start
-            self._window_start = (self._last_seq, self._refused_drops)
-            failed_before = (
-                self._last_dropped_seq > window_seq or self._refused_drops > window_refused
-            )
             waiter = self._request_flush()
-            if waiter is None:
-                return True, not failed_before
-            try:
-                self._settled.wait_for(lambda: waiter.done, timeout)
-            finally:
-                self._waiters.remove(waiter)
-            return waiter.done, waiter.done and not waiter.failed and not failed_before
+            if waiter is not None:
+                try:
+                    self._settled.wait_for(lambda: waiter.done, timeout)
+                finally:
+                    self._waiters.remove(waiter)
+                if not waiter.done:
+                    return False, False
+            return True, self._report_losses()
 
     def close(self) -> None:
         """Refuse new events and have the worker send everything, then stop."""
@@ -234,27 +245,33 @@ class PendingEvents:
             self._interrupts += 1
             self._work_ready.notify()
 
-    def write_off(self) -> tuple[int, list[str]]:
-        """Count every event still pending as ``dropped_shutdown``.
+    def write_off(self, problem: str) -> list[bytes]:
+        """Count every event still pending as ``dropped_shutdown``; return their texts.
 
-        Returns how many, and the texts of those not yet taken by the worker.
+        Queued, in flight or parked for a retry: each is settled here, once,
+        and a later ``settle`` of its batch returns False. The losses count as
+        reported: the shutdown that writes them off returns False.
         """
         with self._settled:
-            count = self._counts["queued"]
             texts = [text for text, _ in self._items]
-            self._counts["queued"] = 0
+            for batch in sorted(self._taken.values(), key=lambda taken: taken.first_seq):
+                texts.extend(batch.texts)
+            count = len(texts)
+            if count:
+                self._last_error = problem
+            self._counts["queued"] -= count
             self._counts["dropped_shutdown"] += count
+            self._losses += count
+            self._report_losses()
             self._items.clear()
+            self._taken.clear()
             self._head_seq = self._last_seq + 1
             self._closing = True
-            self._written_off_through = self._last_seq
             self._settled_above.clear()
-            if self._settled_through < self._last_seq:
-                first_unsettled = self._settled_through + 1
-                self._settled_through = self._last_dropped_seq = self._last_seq
-                self._update_waiters(first_unsettled, failed=True)
+            self._settled_through = self._last_seq
+            self._update_waiters()
             self._work_ready.notify()
-            return count, texts
+            return texts
 
     # ------------------------------------------------------------ reading
 
@@ -274,15 +291,17 @@ class PendingEvents:
             self._work_ready.notify()
         return waiter
 
-    def _update_waiters(self, first_seq: int, *, failed: bool) -> None:
+    def _update_waiters(self) -> None:
         finished = False
         for waiter in self._waiters:
-            if waiter.done:
-                continue
-            if failed and first_seq <= waiter.target_seq:
-                waiter.failed = True
-            if self._settled_through >= waiter.target_seq:
+            if not waiter.done and self._settled_through >= waiter.target_seq:
                 waiter.done = True
                 finished = True
         if finished:
             self._settled.notify_all()
+
+    def _report_losses(self) -> bool:
+        """True if no loss is left unreported; either way, every loss so far is now reported."""
+        unreported = self._losses > self._reported_losses
+        self._reported_losses = self._losses
+        return not unreported

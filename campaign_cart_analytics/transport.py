@@ -9,7 +9,13 @@ The schedule (SPEC section 6) is driven by ``DeliveryRetry``, a
 - retried: 5xx, 408, 429, connection errors and timeouts, for ``POST`` too
   (read errors included: the receiver drops duplicates by ``Idempotency-Key``);
 - ``Retry-After`` on 429/503 replaces the computed wait; no wait exceeds 60 s;
-- redirects are never followed, so no token travels to another host.
+- redirects are never followed, so no token travels to another host;
+- a TLS certificate that fails verification is not retried: it cannot heal.
+
+Each request is an ``attempts.Attempt``: ``request_timeout_ms`` bounds it
+whole, from connecting to the last byte of the response, and a shutdown that
+runs out of time cuts it off (``stop_sending``). The status line is the
+verdict: a 2xx whose body then breaks off is delivered.
 
 The wait before a retry does not happen inside the request: ``DeliveryRetry``
 raises ``RetryLater`` with the updated ``Retry`` and the delay, and the
@@ -22,13 +28,13 @@ from __future__ import annotations
 
 import errno
 import platform
+import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
 import attrs
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import (
     ConnectTimeoutError,
     MaxRetryError,
@@ -39,7 +45,9 @@ from urllib3.exceptions import (
 )
 from urllib3.util.retry import Retry
 
+from ._logging import logger
 from ._version import __version__
+from .attempts import STOPPED, TIMED_OUT, Attempt, AttemptGuard, GuardedAdapter, SendingStopped
 from .config import Config, check_header_value, redact_url
 
 if TYPE_CHECKING:
@@ -127,6 +135,19 @@ class DeliveryRetry(Retry):
         retry.retry_delay = self.retry_delay
         return retry
 
+    def increment(
+        self,
+        method: Optional[str] = None,
+        url: Optional[str] = None,
+        response: Optional[BaseHTTPResponse] = None,
+        error: Optional[Exception] = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> DeliveryRetry:
+        if error is not None and _find_cause(error, ssl.SSLCertVerificationError) is not None:
+            raise MaxRetryError(_pool, url, error)  # a certificate does not heal by retrying
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
     def get_backoff_time(self) -> float:
         failed_attempts = len(self.history)
         if failed_attempts == 0:
@@ -185,9 +206,10 @@ class Transport:
     def __init__(self, config: Config, clock: ShutdownClock) -> None:
         self._config = config
         self._clock = clock
+        self._guard = AttemptGuard()
         self._session = requests.Session()
         self._first_attempt = DeliveryRetry.for_config(config)
-        self._adapter = HTTPAdapter(
+        self._adapter = GuardedAdapter(
             max_retries=self._first_attempt, pool_connections=1, pool_maxsize=1
         )
         self._session.mount("http://", self._adapter)
@@ -203,12 +225,20 @@ class Transport:
         # once (session headers, URL credentials, .netrc, proxy and TLS settings from the
         # environment). session.post() would read the environment again for each batch.
         self._template = self._prepare_template()
-        self._send_options = self._session.merge_environment_settings(
-            config.endpoint, {}, None, None, None
-        )
+        self._send_options: dict[str, Any] = {
+            # An explicit verify wins over REQUESTS_CA_BUNDLE; True leaves the environment's.
+            **self._session.merge_environment_settings(
+                config.endpoint, {}, None, None if config.verify is True else config.verify, None
+            ),
+            "stream": True,  # the status is the verdict: the body is read after it, on our terms
+        }
 
     def close(self) -> None:
         self._session.close()
+
+    def stop_sending(self) -> None:
+        """Cut off every request in flight and start none any more (a shutdown's deadline)."""
+        self._guard.stop()
 
     def _prepare_template(self) -> requests.PreparedRequest:
         return self._session.prepare_request(requests.Request("POST", self._config.endpoint))
@@ -243,8 +273,23 @@ class Transport:
         policy = retry or self._first_attempt
         self._adapter.max_retries = policy.final() if final else policy
         try:
+            with self._guard.attempt(timeout) as attempt:
+                outcome = self._post(request, policy, timeout)
+        except SendingStopped:
+            return Outcome("cut_short", attempts=0, problem="shutdown deadline passed")
+        finally:
+            self._adapter.max_retries = self._first_attempt
+        return _explain_cut(outcome, attempt, timeout)
+
+    def _post(
+        self, request: requests.PreparedRequest, policy: DeliveryRetry, timeout: float
+    ) -> Outcome:
+        try:
             response = self._session.send(
-                request, timeout=(timeout, timeout), allow_redirects=False, **self._send_options
+                request,
+                timeout=(timeout, timeout),
+                allow_redirects=False,
+                **self._send_options,
             )
         except RetryLater as later:
             return Outcome(
@@ -258,8 +303,6 @@ class Transport:
             exhausted = _find_cause(exc, MaxRetryError) is not None
             attempts = len(policy.history) + 1 if exhausted else 1
             return Outcome("failed", attempts=attempts, problem=describe_error(exc, timeout))
-        finally:
-            self._adapter.max_retries = self._first_attempt
         with response:
             return self._outcome_of(response)
 
@@ -267,6 +310,7 @@ class Transport:
         status = response.status_code
         retries = getattr(response.raw, "retries", None)
         attempts = len(retries.history) + 1 if retries is not None else 1
+        body = _read_body(response)
         if 200 <= status < 300:
             return Outcome("delivered", attempts, status)
         if status == 413:
@@ -284,7 +328,7 @@ class Transport:
         if status in RETRYABLE_STATUSES:
             return Outcome("failed", attempts, status, f"HTTP {status}{_hint(status)}")
         return Outcome(
-            "rejected", attempts, status, f"HTTP {status}{_hint(status)}: {_body_start(response)}"
+            "rejected", attempts, status, f"HTTP {status}{_hint(status)}: {_body_start(body)}"
         )
 
     def _headers_for(self, batch_id: str) -> dict[str, str]:
@@ -324,8 +368,30 @@ def _hint(status: int) -> str:
     return hints.get(status, "")
 
 
-def _body_start(response: requests.Response, limit: int = 200) -> str:
-    text = response.text.strip().replace("\n", " ")
+def _explain_cut(outcome: Outcome, attempt: Attempt, timeout: float) -> Outcome:
+    """An outcome that says why its attempt was cut off, where it was."""
+    if outcome.kind == "delivered" or attempt.cut_off is None:
+        return outcome
+    if attempt.cut_off == STOPPED:
+        return Outcome(
+            "cut_short", outcome.attempts, problem="cut off in flight by the shutdown deadline"
+        )
+    assert attempt.cut_off == TIMED_OUT
+    problem = f"no complete response within {timeout:g} s (request_timeout_ms)"
+    return attrs.evolve(outcome, problem=problem)
+
+
+def _read_body(response: requests.Response) -> bytes:
+    """The body, or what arrived of it: a body that breaks off does not change the verdict."""
+    try:
+        return response.content
+    except Exception as exc:  # whatever the connection did: the status line was the answer
+        logger.debug("HTTP %s: the body broke off (%s)", response.status_code, exc)
+        return b""
+
+
+def _body_start(body: bytes, limit: int = 200) -> str:
+    text = body[: limit * 4].decode("utf-8", "replace").strip().replace("\n", " ")
     if not text:
         return "(empty body)"
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
@@ -361,11 +427,23 @@ def describe_error(exc: BaseException, timeout: Optional[float] = None) -> str:
         return "could not connect"
     if _find_cause(exc, ConnectTimeoutError):
         return "connection timed out"
+    certificate = _find_cause(exc, ssl.SSLCertVerificationError)
+    if isinstance(certificate, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate verification failed ({_verify_message(certificate)}); "
+            "not retried: fix the endpoint's certificate, or set verify to the CA bundle "
+            "that signed it"
+        )
     if _find_cause(exc, SSLError) or isinstance(exc, requests.exceptions.SSLError):
-        return "TLS error (certificate or protocol)"
+        return "TLS error (protocol or handshake)"
     if _find_cause(exc, ProtocolError):
         return "connection closed before a response"
     return type(exc).__name__
+
+
+def _verify_message(error: ssl.SSLCertVerificationError) -> str:
+    message = getattr(error, "verify_message", None)
+    return str(message) if message else str(error)
 
 
 def describe_history_entry(entry: Any) -> str:

@@ -126,7 +126,7 @@ class Worker:
                 batch_id, len(batch.texts), outcome.status, outcome.attempts,
             )  # fmt: skip
         elif outcome.kind == "too_large" and len(batch.texts) > 1:
-            first, second = batch.split()
+            first, second = self._pending.split(batch)
             logger.warning(
                 "Batch %s (%d events) is too large for the endpoint (HTTP 413); "
                 "sending it as two batches of %d and %d",
@@ -202,8 +202,7 @@ class Worker:
         self._drop(batch, counter, error)
 
     def _drop(self, batch: TakenBatch, counter: str, error: DeliveryError) -> None:
-        self._pending.note_error(str(error))
-        if self._pending.settle(batch, counter):
+        if self._pending.settle(batch, counter, problem=str(error)):
             report_error(self._config, [json.loads(text) for text in batch.texts], error)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +27,7 @@ class Reply:
     headers: dict[str, str] = attrs.field(factory=dict)
     body: bytes = b""
     delay: float = 0.0  # seconds to wait before answering
+    cut_body: bool = False  # promise a longer body, send part of it, then close the connection
 
 
 @attrs.frozen
@@ -46,7 +48,7 @@ class Received:
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[Received] = []
         self.respond: Callable[[Received], Reply] = lambda request: Reply()
         self._scripted: collections.deque[Reply] = collections.deque()
@@ -75,9 +77,13 @@ class Receiver:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(reply.body)))
+                    promised = len(reply.body) + (1000 if reply.cut_body else 0)
+                    self.send_header("Content-Length", str(promised))
                     self.end_headers()
                     self.wfile.write(reply.body)
+                    if reply.cut_body:
+                        self.wfile.flush()
+                        self.close_connection = True
                 except OSError:
                     pass  # the client gave up (timeout); nothing to answer
 
@@ -86,11 +92,14 @@ class Receiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
         self._thread.start()
-        self.url = f"http://127.0.0.1:{self._server.server_port}/analytics"
+        scheme = "http" if tls is None else "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_port}/analytics"
 
     def _reply_for(self, request: Received) -> Reply:
         with self._changed:

@@ -1,0 +1,527 @@
+"""The edges where an event could be lost, a loss hidden, or a secret printed (issue 8).
+
+Each test drives a real server on 127.0.0.1: the suite's receiver, or a raw
+socket server where a case needs exact bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from helpers import assert_balanced, wait_until
+from receiver import Receiver, Reply
+
+import campaign_cart_analytics as cca
+
+SURROGATE = json.loads('"\\ud800"')  # valid JSON, yet a str with no UTF-8 form
+
+
+class Errors:
+    """An ``on_error`` that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[dict[str, Any]], BaseException]] = []
+
+    def __call__(self, events: list[dict[str, Any]], error: BaseException) -> None:
+        self.calls.append((events, error))
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [event for events, _ in self.calls for event in events]
+
+
+# ---------------------------------------------------------------- 1. one bad string
+
+
+def test_a_lone_surrogate_is_refused_in_track_and_costs_no_batch_mate(
+    make_client: Any, receiver: Receiver
+) -> None:
+    client = make_client(batch_size=10, batch_interval_ms=60_000)
+    for n in range(9):
+        client.track("good", {"n": n})
+    with pytest.raises(TypeError, match=r"properties\['note'\]: str holds a lone surrogate"):
+        client.track("bad", {"note": SURROGATE})
+    with pytest.raises(TypeError, match=r"properties\['user_properties'\]: dict key"):
+        client.track("bad", {"user_properties": {SURROGATE: 1}})
+    with pytest.raises(TypeError, match=r"^event: str holds a lone surrogate"):
+        client.track("dl_" + SURROGATE)
+    client.track("good", {"n": 9})
+    assert client.flush(timeout=5) is True
+    assert sorted(e["n"] for e in receiver.delivered_events()) == list(range(10))
+    assert client.stats().dropped == 0
+    assert_balanced(client.stats())
+
+
+def test_a_transform_that_adds_a_lone_surrogate_drops_only_that_event(
+    make_client: Any, receiver: Receiver
+) -> None:
+    errors = Errors()
+
+    def transform(event: dict[str, Any]) -> dict[str, Any]:
+        if event.get("poison"):
+            event["note"] = SURROGATE
+        return event
+
+    client = make_client(transform_function=transform, on_error=errors, batch_interval_ms=60_000)
+    client.track("good", {"n": 1})
+    assert client.track("poisoned", {"poison": True}) is None
+    client.track("good", {"n": 2})
+    assert client.flush(timeout=5) is False  # the transform's loss is reported
+    assert [e["n"] for e in receiver.delivered_events()] == [1, 2]
+    assert client.stats().dropped_transform_error == 1
+    assert isinstance(errors.calls[0][1], cca.TransformError)
+    assert "lone surrogate" in str(errors.calls[0][1])
+
+
+# ---------------------------------------------------------------- 2. losses reported once
+
+
+def test_a_timed_out_flush_does_not_hide_the_loss_it_could_not_see(
+    make_client: Any, receiver: Receiver
+) -> None:
+    receiver.respond = lambda request: Reply(400, delay=0.3)
+    client = make_client(batch_interval_ms=60_000)
+    client.track("rejected later")
+    assert client.flush(timeout=0.05) is False  # timed out: reports nothing
+    assert wait_until(lambda: client.stats().dropped_delivery == 1)
+    assert client.flush() is False  # the first flush to complete after the loss reports it
+    assert client.flush() is True  # reported once
+    assert client.shutdown(timeout=2) is True
+
+
+def test_each_loss_is_reported_by_exactly_one_completed_flush_or_shutdown(
+    make_client: Any, receiver: Receiver
+) -> None:
+    client = make_client(max_queue_size=1, batch_size=1, batch_interval_ms=60_000)
+    receiver.respond = lambda request: Reply(202, delay=0.2)
+    client.track("in flight")
+    assert wait_until(lambda: len(receiver.requests) == 1)
+    client.track("queued")
+    assert client.track("no room") is None  # the queue holds one: a loss
+    assert client.shutdown(timeout=5) is False  # the shutdown reports it
+    assert client.flush() is True
+
+
+def test_a_loss_while_several_threads_flush_is_reported_to_one_of_them(
+    make_client: Any, receiver: Receiver
+) -> None:
+    receiver.respond = lambda request: Reply(400, delay=0.1)
+    client = make_client(batch_interval_ms=60_000)
+    client.track("rejected")
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(client.flush())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert sorted(results) == [False, True, True, True]
+
+
+# ---------------------------------------------------------------- 3. shutdown stops everything
+
+
+def test_shutdown_timeout_cuts_the_request_in_flight_and_hands_over_every_event(
+    make_client: Any, receiver: Receiver
+) -> None:
+    receiver.respond = lambda request: Reply(202, delay=1.5)
+    errors = Errors()
+    client = make_client(batch_size=5, batch_interval_ms=60_000, on_error=errors)
+    ids = [client.track("e", {"n": n}) for n in range(8)]
+    assert wait_until(lambda: len(receiver.requests) == 1)  # the first 5 are in flight
+    started = time.monotonic()
+    assert client.shutdown(timeout=0.5) is False
+    assert time.monotonic() - started < 0.9
+    stats = client.stats()
+    assert (stats.delivered, stats.dropped_shutdown, stats.queued) == (0, 8, 0)
+    assert sorted(e["event_id"] for e in errors.events) == sorted(ids)  # each once
+    assert all(isinstance(error, cca.ShutdownDropError) for _, error in errors.calls)
+    time.sleep(1.5)  # the cut request's answer comes and goes; nothing else is sent
+    assert len(receiver.requests) == 1
+    assert client.stats() == stats
+    assert_balanced(stats)
+
+
+def test_shutdown_timeout_also_cuts_a_connection_that_is_still_being_made(
+    make_client: Any,
+) -> None:
+    with socket.socket() as listener:  # a full backlog that nobody accepts: connects hang
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        fillers = [socket.socket() for _ in range(4)]
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+        try:
+            errors = Errors()
+            url = f"http://127.0.0.1:{listener.getsockname()[1]}/analytics"
+            client = make_client(endpoint=url, on_error=errors, batch_interval_ms=60_000)
+            client.track("e")
+            assert client.flush(timeout=0.2) is False
+            started = time.monotonic()
+            assert client.shutdown(timeout=0.3) is False
+            assert time.monotonic() - started < 0.8
+            assert len(errors.events) == 1
+            assert_balanced(client.stats())
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+# ---------------------------------------------------------------- 4. the status line is the verdict
+
+
+def test_a_2xx_whose_body_breaks_off_is_delivered(make_client: Any, receiver: Receiver) -> None:
+    receiver.script(Reply(202, body=b'{"success": tr', cut_body=True))
+    client = make_client(max_retries=0)
+    client.track("e")
+    assert client.flush(timeout=5) is True
+    assert client.stats().delivered == 1
+    assert len(receiver.requests) == 1  # not retried either
+    client.track("next")  # and the next batch goes out on a fresh connection
+    assert client.flush(timeout=5) is True
+
+
+def test_a_5xx_whose_body_breaks_off_is_still_a_5xx(make_client: Any, receiver: Receiver) -> None:
+    receiver.script(Reply(503, body=b"overlo", cut_body=True))
+    client = make_client(retry_delay_ms=10)
+    client.track("e")
+    assert client.flush(timeout=5) is True
+    assert [r.ok for r in receiver.requests] == [False, True]
+
+
+# ---------------------------------------------------------------- 5 and 6. no secret in errors
+
+BAD_ENDPOINTS = [
+    ("https://user:password@host:99999/a?token=SECRET", "bad port"),
+    ("http://[::1/x", "cannot be parsed"),
+    ("https://host:-1/", "bad port"),
+    ("https://host:0/", "port 0"),
+    ("https://token-as-user@/a?token=SECRET", "no host"),
+    ("http://exa mple.com/?token=SECRET", "white space"),
+    ("ftp://user:password@host/", "scheme"),
+    ("https://user:password@☃.example/?token=SECRET", "host name"),
+]
+
+
+@pytest.mark.parametrize(("url", "problem"), BAD_ENDPOINTS)
+def test_a_bad_endpoint_is_a_config_error_that_shows_no_secret(url: str, problem: str) -> None:
+    with pytest.raises(cca.ConfigError, match=problem) as caught:
+        cca.Analytics(url)
+    message = str(caught.value)
+    assert message.startswith("endpoint must be an absolute http:// or https:// URL with a host")
+    for secret in ("password", "SECRET", "token-as-user"):
+        assert secret not in message
+
+
+def test_the_command_line_shows_no_secret_of_a_bad_endpoint() -> None:
+    url = "https://user:password@host:99999/a?token=SECRET"
+    for command in (["send", "--endpoint", url], ["check", "--endpoint", url]):
+        result = subprocess.run(
+            [sys.executable, "-m", "campaign_cart_analytics", *command],
+            input="", capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "password" not in result.stderr and "SECRET" not in result.stderr
+
+
+@pytest.mark.parametrize("value", ["Bearer s3cr€t", "Bearer s3cr\x7ft", "Bearer \x00x", "\tBearer"])
+def test_a_header_value_http_cannot_carry_is_refused_without_showing_it(value: str) -> None:
+    with pytest.raises(cca.ConfigError, match=r"headers\['Authorization'\]") as caught:
+        cca.Analytics("https://example.com/a", headers={"Authorization": value})
+    assert "s3cr" not in str(caught.value) and "€" not in str(caught.value)
+
+
+def test_latin1_and_an_empty_token_are_sent_as_given(make_client: Any, receiver: Receiver) -> None:
+    client = make_client(headers={"X-Name": "café", "Authorization": "Bearer "})
+    client.track("e")
+    assert client.flush(timeout=5) is True
+    assert receiver.requests[0].headers["x-name"].encode("latin-1") == "café".encode("latin-1")
+
+
+def test_a_header_callable_returning_what_http_cannot_carry_drops_its_batch_quietly(
+    make_client: Any, receiver: Receiver, sdk_logs: pytest.LogCaptureFixture
+) -> None:
+    errors = Errors()
+    client = make_client(headers={"Authorization": lambda: "Bearer s3cr€t"}, on_error=errors)
+    client.track("e")
+    assert client.flush(timeout=5) is False
+    assert receiver.requests == []
+    assert "headers['Authorization']" in str(errors.calls[0][1])
+    assert "s3cr" not in sdk_logs.text and "s3cr" not in str(errors.calls[0][1])
+    assert all(record.exc_info is None for record in sdk_logs.records)  # no traceback per batch
+
+
+# ---------------------------------------------------------------- 7. the whole attempt is bounded
+
+
+class TricklingServer:
+    """Sends ``head`` at once, then ``tail`` one byte every 0.3 s (15 s in all)."""
+
+    def __init__(self, head: bytes, tail: bytes) -> None:
+        self.head, self.tail = head, tail
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/analytics"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(self.head)
+                for byte in self.tail:
+                    if self.stop.wait(0.3):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        self.listener.close()
+
+
+@pytest.fixture
+def trickling() -> Iterator[Callable[[bytes, bytes], TricklingServer]]:
+    servers: list[TricklingServer] = []
+
+    def start(head: bytes, tail: bytes) -> TricklingServer:
+        servers.append(TricklingServer(head, tail))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_request_timeout_bounds_the_whole_attempt(make_client: Any, trickling: Any) -> None:
+    server = trickling(b"", b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+    errors = Errors()
+    client = make_client(
+        endpoint=server.url, request_timeout_ms=1000, max_retries=0, on_error=errors
+    )
+    client.track("e")
+    started = time.monotonic()
+    assert client.flush(timeout=10) is False
+    assert 0.9 <= time.monotonic() - started < 2.0
+    assert "no complete response within 1 s (request_timeout_ms)" in str(errors.calls[0][1])
+    assert client.stats().dropped_delivery == 1
+
+
+def test_a_status_line_then_trickling_headers_is_bounded_and_the_status_is_the_verdict(
+    make_client: Any, trickling: Any
+) -> None:
+    server = trickling(b"HTTP/1.1 202 Accepted\r\n", b"X-Slow: " + b"a" * 50)
+    client = make_client(endpoint=server.url, request_timeout_ms=1000, max_retries=0)
+    client.track("e")
+    started = time.monotonic()
+    assert client.flush(timeout=10) is True
+    assert 0.9 <= time.monotonic() - started < 2.0
+
+
+def test_a_timed_out_attempt_is_retried_on_the_schedule(make_client: Any, trickling: Any) -> None:
+    server = trickling(b"", b"HTTP/1.1 202 Accepted\r\n\r\n")
+    client = make_client(
+        endpoint=server.url, request_timeout_ms=300, max_retries=1, retry_delay_ms=50
+    )
+    client.track("e")
+    started = time.monotonic()
+    assert client.flush(timeout=10) is False
+    assert 0.6 <= time.monotonic() - started < 1.5  # two attempts of 0.3 s and a wait of 0.05 s
+    assert client.stats().retries == 1
+
+
+# ---------------------------------------------------------------- TLS certificates
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is not installed; .ci/run installs it")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def tls_receiver(self_signed: tuple[str, str]) -> Iterator[Receiver]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*self_signed)
+    server = Receiver(tls=context)
+    yield server
+    server.close()
+
+
+def test_a_certificate_that_fails_verification_is_not_retried(
+    make_client: Any, tls_receiver: Receiver
+) -> None:
+    errors = Errors()
+    client = make_client(endpoint=tls_receiver.url, on_error=errors, retry_delay_ms=2000)
+    client.track("e")
+    started = time.monotonic()
+    assert client.flush(timeout=10) is False
+    assert time.monotonic() - started < 1.5  # no retry waits
+    error = errors.calls[0][1]
+    assert isinstance(error, cca.DeliveryError) and error.attempts == 1
+    assert "certificate verification failed" in str(error) and "verify" in str(error)
+    assert "not retried" in str(error)
+
+
+def test_verify_takes_the_ca_bundle_that_signed_the_certificate(
+    make_client: Any, tls_receiver: Receiver, self_signed: tuple[str, str]
+) -> None:
+    client = make_client(endpoint=tls_receiver.url, verify=self_signed[0])
+    client.track("e")
+    assert client.flush(timeout=10) is True
+    with pytest.raises(cca.ConfigError, match="verify must be True, False, or the path"):
+        cca.Analytics(tls_receiver.url, verify="/no/such/bundle.pem")
+
+
+# ---------------------------------------------------------------- 8. fork after shutdown
+
+
+def test_a_client_shut_down_before_a_fork_stays_shut_down_in_the_child(
+    receiver: Receiver,
+) -> None:
+    script = textwrap.dedent(
+        f"""
+        import logging, os, sys
+        import campaign_cart_analytics as cca
+        logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+        client = cca.Analytics({receiver.url!r}, batch_interval_ms=10)
+        client.shutdown()
+        pid = os.fork()
+        if pid == 0:
+            returned = client.track("from the child")
+            client.flush(timeout=1)
+            print("child track returned", returned, client.stats().dropped_shutdown)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "child track returned None 1" in result.stdout
+    assert "track() called after shutdown()" in result.stdout  # the child warns too
+    time.sleep(0.1)
+    assert receiver.requests == []
+
+
+# ---------------------------------------------------------------- 9. flushing() on coroutines
+
+
+def test_flushing_on_an_async_handler_flushes_after_it_ran(
+    make_client: Any, receiver: Receiver
+) -> None:
+    client = make_client(batch_interval_ms=60_000)
+    ticks: list[float] = []
+
+    @client.flushing(timeout=5)
+    async def handler(n: int) -> int:
+        await asyncio.sleep(0.01)
+        client.track("from the coroutine", {"n": n})
+        return n * 2
+
+    async def main() -> int:
+        async def tick() -> None:  # the loop keeps running while the flush waits
+            for _ in range(10):
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        receiver.respond = lambda request: Reply(202, delay=0.1)
+        result, _ = await asyncio.gather(handler(21), tick())
+        return result
+
+    assert asyncio.run(main()) == 42
+    assert [e["n"] for e in receiver.delivered_events()] == [21]
+    assert client.stats().queued == 0
+    assert len(ticks) == 10
+
+
+def test_async_with_flushing_and_flush_async(make_client: Any, receiver: Receiver) -> None:
+    client = make_client(batch_interval_ms=60_000)
+
+    async def main() -> tuple[bool, bool]:
+        async with client.flushing(timeout=5) as block:
+            client.track("e")
+        client.track("f")
+        return bool(block.delivered), await client.flush_async(timeout=5)
+
+    assert asyncio.run(main()) == (True, True)
+    assert len(receiver.delivered_events()) == 2
+
+
+def test_flush_async_does_not_block_the_event_loop(make_client: Any, receiver: Receiver) -> None:
+    receiver.respond = lambda request: Reply(202, delay=0.3)
+    client = make_client(batch_interval_ms=60_000)
+
+    async def main() -> float:
+        client.track("e")
+        flushing = asyncio.ensure_future(client.flush_async(timeout=5))
+        started = time.monotonic()
+        await asyncio.sleep(0.05)
+        woke_after = time.monotonic() - started
+        assert await flushing is True
+        return woke_after
+
+    assert asyncio.run(main()) < 0.2
+
+
+def test_on_error_gets_every_dropped_event_once_at_exit(receiver: Receiver, tmp_path: Path) -> None:
+    """A process whose endpoint hangs: exit is bounded, and on_error hears of every event."""
+    receiver.respond = lambda request: Reply(202, delay=3)
+    out = tmp_path / "dropped.txt"
+    script = textwrap.dedent(
+        f"""
+        import campaign_cart_analytics as cca
+        def on_error(events, error):
+            with open({str(out)!r}, "a") as f:
+                f.writelines(e["event_id"] + "\\n" for e in events)
+        client = cca.Analytics({receiver.url!r}, batch_size=5, shutdown_timeout_ms=400,
+                               on_error=on_error)
+        ids = [client.track("e") for _ in range(12)]
+        print("\\n".join(ids))
+        """
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert time.monotonic() - started < 3.0
+    assert result.returncode == 0, result.stderr
+    tracked = result.stdout.split()
+    assert sorted(out.read_text().split()) == sorted(tracked)
