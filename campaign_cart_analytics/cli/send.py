@@ -2,7 +2,9 @@
 
 Each line is one event: an object with an ``event`` key and the rest of the
 event (``ecommerce``, ``user_properties``, and ``event_id``/``event_time``
-to keep, for backfills). A malformed line is reported with its file and line
+to keep, for backfills). Input is UTF-8; a BOM opening a file is dropped. A
+malformed line (not UTF-8, not JSON, a lone surrogate escaped in a string, no
+``event`` name, a value ``track()`` refuses) is reported with its file and line
 number and skipped, or stops the run with ``--strict``. Exit code 0 only when
 every event was delivered and every line was valid.
 """
@@ -10,11 +12,12 @@ every event was delivered and every line was valid.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import sys
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, Optional
 
 from ..client import Analytics
 from ..config import normalize_settings
@@ -62,40 +65,97 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def _open_all(names: list[str]) -> list[tuple[str, IO[str]]]:
-    """Open every input first, so that an unreadable file stops the run before anything is sent."""
-    opened: list[tuple[str, IO[str]]] = []
+_Input = tuple[str, IO[bytes], bool]  # name, stream, whether run() closes it
+
+
+def _open_all(names: list[str]) -> list[_Input]:
+    """Open every input first, so that an unreadable file stops the run before anything is sent.
+
+    Inputs are read as bytes and decoded line by line: a line that is not
+    UTF-8 is then a malformed line like any other, not the end of the run.
+    """
+    opened: list[_Input] = []
     for name in names or ["-"]:
         if name == "-":
-            opened.append(("<stdin>", sys.stdin))
+            opened.append(("<stdin>", _stdin_bytes(), False))
             continue
         try:
-            opened.append((name, open(name, encoding="utf-8")))  # noqa: SIM115 - closed in run()
+            opened.append((name, open(name, "rb"), True))  # noqa: SIM115 - closed in run()
         except OSError as exc:
-            for _, file in opened:
-                file.close()
+            _close_all(opened)
             raise CommandError(f"cannot read {name}: {exc.strerror}") from None
     return opened
 
 
-def _lines(inputs: list[tuple[str, IO[str]]]) -> Iterator[tuple[str, int, str]]:
-    for name, file in inputs:
+def _stdin_bytes() -> IO[bytes]:
+    stream: Optional[IO[bytes]] = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        raise CommandError("standard input is closed or not a byte stream")
+    return stream
+
+
+def _close_all(inputs: list[_Input]) -> None:
+    for _, file, owned in inputs:
+        if owned:
+            file.close()
+
+
+def _lines(inputs: list[_Input]) -> Iterator[tuple[str, int, bytes]]:
+    """Each input's non-blank lines, numbered; a UTF-8 BOM opening an input is dropped."""
+    for name, file, _ in inputs:
         for number, line in enumerate(file, 1):
+            if number == 1 and line.startswith(codecs.BOM_UTF8):
+                line = line[len(codecs.BOM_UTF8) :]
             if line.strip():
                 yield name, number, line
 
 
-def _parse(line: str) -> tuple[str, dict[str, Any]]:
-    try:
-        value = json.loads(line)
-    except ValueError as exc:
-        raise ValueError(f"not JSON: {exc}") from None
+def _parse(line: bytes) -> tuple[str, dict[str, Any]]:
+    value = _load(_decode(line))
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    _check_unicode(value)
     name = value.pop("event", None)
     if not isinstance(name, str) or not name:
         raise ValueError("the object has no 'event' name")
     return name, value
+
+
+def _decode(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"not valid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1}: "
+            f"{exc.reason})"
+        ) from None
+
+
+def _load(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("not JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+
+
+def _check_unicode(value: dict[str, Any]) -> None:
+    """A lone surrogate is a malformed line: JSON can escape one (``"\\ud800"``), UTF-8 cannot.
+
+    Checked here, whatever ``track()`` does with one, so that the line is
+    reported rather than sent to an endpoint that would refuse its whole batch.
+    """
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        surrogate = ord(exc.object[exc.start])
+        raise ValueError(f"not valid Unicode: a lone surrogate \\u{surrogate:04x}") from None
+
+
+def _problem(exc: Exception) -> str:
+    """What is wrong with a line, in words: ``track()`` may hit Python's recursion limit too."""
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,9 +170,9 @@ def run(args: argparse.Namespace) -> int:
             try:
                 event, properties = _parse(line)
                 client.track(event, properties)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
                 invalid += 1
-                progress.write(f"{name}:{number}: {exc}", file=sys.stderr)
+                progress.write(f"{name}:{number}: {_problem(exc)}", file=sys.stderr)
                 if args.strict:
                     stopped = True
                     break
@@ -123,9 +183,7 @@ def run(args: argparse.Namespace) -> int:
         client.flush()
     finally:
         progress.close()
-        for _, file in inputs:
-            if file is not sys.stdin:
-                file.close()
+        _close_all(inputs)
         client.shutdown(timeout=client.config.shutdown_timeout_ms / 1000)
     stats = client.stats()
     print(
