@@ -32,6 +32,11 @@ ErrorCallback = Callable[[list[dict[str, Any]], BaseException], None]
 #: The wire format caps a batch at 100 events.
 MAX_BATCH_SIZE = 100
 
+# Generous upper bounds for the times: they catch a unit mistake (seconds given as
+# microseconds) and keep every value a float can hold.
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
 #: Our option name -> the browser SDK's name for it.
 SEED_NAMES: Mapping[str, str] = types.MappingProxyType(
     {
@@ -66,19 +71,23 @@ def option_label(name: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its credentials and query values replaced by ``***``, for logs and reprs."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:  # a user name can be a token too: hide all of the credentials
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        query = "&".join(f"{key}=***" for key, _ in pairs)
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    """The URL with its credentials and query values replaced by ``***``, for logs and reprs.
+
+    Plain string work, no URL parser: a URL bad enough to be refused must be
+    shown safely too (``://user:pw@host`` has no netloc to a parser).
+    """
+    address, _, _fragment = url.partition("#")
+    base, question, query = address.partition("?")
+    base = _USERINFO.sub(lambda match: (match.group("head") or "") + "***@", base, count=1)
+    if question:
+        names = [pair.partition("=")[0] for pair in query.split("&") if pair]
+        base += "?" + "&".join(f"{name}=***" for name in names)
+    return base
+
+
+# Everything between "//" (or the start) and the last "@" of the authority: a user name
+# can be a token as much as a password can.
+_USERINFO = re.compile(r"^(?P<head>[^/?#@]*//)?[^/?#]*@")
 
 
 def check_header_value(name: str, value: object) -> str:
@@ -99,9 +108,25 @@ def check_header_value(name: str, value: object) -> str:
 
 
 def _rule_error(name: str, value: object, rule: str) -> ConfigError:
-    return ConfigError(
-        f"{option_label(name)} must be {rule}; got {value!r} ({type(value).__name__})"
-    )
+    return ConfigError(f"{option_label(name)} must be {rule}; got {_shown(value)}")
+
+
+# Shown back in an error: numbers, bools, None and short plain strings ('10', 'True').
+# Anything else could hold a token or a URL with credentials put under the wrong
+# option (a headers dict, say), and is described by its type instead.
+_PLAIN = re.compile(r"^[\w.+-]{0,16}$")
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**100:
+        return f"an int of {value.bit_length()} bits"  # repr() of a huge int can raise
+    if value is None or isinstance(value, (bool, int, float)):
+        return f"{value!r} ({type(value).__name__})"
+    if isinstance(value, str):
+        if _PLAIN.match(value):
+            return f"{value!r} (str)"
+        return f"a str of {len(value)} characters (not shown: it may be a secret)"
+    return f"a {type(value).__name__} (not shown: it may hold a secret)"
 
 
 def _int_option(minimum: int, maximum: Optional[int] = None) -> Callable[[Any, Any, Any], None]:
@@ -167,13 +192,13 @@ def endpoint_problem(url: str) -> Optional[str]:
 def _check_verify(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, bool):
         return
-    if isinstance(value, (str, os.PathLike)) and os.path.exists(value):
-        return
-    shown = value if isinstance(value, (str, os.PathLike)) else type(value).__name__
-    raise ConfigError(
-        f"verify must be True, False, or the path of a CA bundle file or folder; "
-        f"got {shown!r}" + (" (no such file or folder)" if shown is value else "")
-    )
+    rule = "True, False, or the path of a CA bundle file or folder"
+    if not isinstance(value, str):
+        raise _rule_error("verify", value, rule)
+    if not os.path.exists(value):
+        raise ConfigError(
+            f"verify must be {rule}; got {redact_url(value)!r}: no such file or folder"
+        )
 
 
 def _freeze_headers(value: Any) -> Mapping[str, HeaderValue]:
@@ -205,15 +230,15 @@ class Config:
         factory=dict, converter=_freeze_headers, repr=_headers_repr
     )
     batch_size: int = attrs.field(default=10, validator=_int_option(1, MAX_BATCH_SIZE))
-    batch_interval_ms: int = attrs.field(default=5000, validator=_int_option(1))
-    max_retries: int = attrs.field(default=3, validator=_int_option(0))
-    retry_delay_ms: int = attrs.field(default=1000, validator=_int_option(1))
+    batch_interval_ms: int = attrs.field(default=5000, validator=_int_option(1, DAY_MS))
+    max_retries: int = attrs.field(default=3, validator=_int_option(0, 1000))
+    retry_delay_ms: int = attrs.field(default=1000, validator=_int_option(1, 60_000))
     transform_function: Optional[TransformFunction] = attrs.field(
         default=None, validator=_optional_callable
     )
-    request_timeout_ms: int = attrs.field(default=10000, validator=_int_option(1))
-    max_queue_size: int = attrs.field(default=10000, validator=_int_option(1))
-    shutdown_timeout_ms: int = attrs.field(default=5000, validator=_int_option(0))
+    request_timeout_ms: int = attrs.field(default=10000, validator=_int_option(1, HOUR_MS))
+    max_queue_size: int = attrs.field(default=10000, validator=_int_option(1, 10**8))
+    shutdown_timeout_ms: int = attrs.field(default=5000, validator=_int_option(0, HOUR_MS))
     enabled: bool = attrs.field(default=True, validator=_bool_option)
     on_error: Optional[ErrorCallback] = attrs.field(default=None, validator=_optional_callable)
     verify: Union[bool, str] = attrs.field(default=True, validator=_check_verify)

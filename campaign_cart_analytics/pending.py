@@ -184,6 +184,17 @@ class PendingEvents:
 
         ``problem`` says why they were dropped, for ``stats().last_error``.
         """
+        if not self.count(batch, counter, problem):
+            return False
+        self.release(batch)
+        return True
+
+    def count(self, batch: TakenBatch, counter: str, problem: Optional[str] = None) -> bool:
+        """The first half of ``settle``: count the batch's fate; a shutdown no longer sees it.
+
+        Between ``count`` and ``release`` the worker tells ``on_error``, so that a
+        ``flush()`` never returns before the callback has heard of the loss it reports.
+        """
         with self._settled:
             if self._taken.pop(batch.first_seq, None) is None:
                 return False
@@ -196,11 +207,17 @@ class PendingEvents:
                 self._counts["batches_sent"] += 1
             else:
                 self._losses += count
+            return True
+
+    def release(self, batch: TakenBatch) -> None:
+        """The second half of ``settle``: flushes waiting for these events may return."""
+        with self._settled:
+            if batch.last_seq <= self._settled_through:
+                return  # a shutdown wrote everything off meanwhile
             self._settled_above[batch.first_seq] = batch.last_seq
             while self._settled_through + 1 in self._settled_above:
                 self._settled_through = self._settled_above.pop(self._settled_through + 1)
             self._update_waiters()
-            return True
 
     def count_retry(self, problem: str) -> None:
         with self._settled:

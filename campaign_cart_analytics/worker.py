@@ -202,8 +202,12 @@ class Worker:
         self._drop(batch, counter, error)
 
     def _drop(self, batch: TakenBatch, counter: str, error: DeliveryError) -> None:
-        if self._pending.settle(batch, counter, problem=str(error)):
+        if not self._pending.count(batch, counter, problem=str(error)):
+            return  # a shutdown counted these and told on_error already
+        try:
             report_error(self._config, [json.loads(text) for text in batch.texts], error)
+        finally:
+            self._pending.release(batch)
 
 
 def report_error(config: Config, events: list[dict[str, Any]], error: BaseException) -> None:
