@@ -266,9 +266,14 @@ class Analytics:
             )
             self._state.queue_full_log.log(logging.WARNING, "%s", message)
             report_error(self.config, [event], QueueFullError(message))
-        elif not self._warned_closed:
+            return
+        if not self._warned_closed:
             self._warned_closed = True
             logger.warning("track() called after shutdown(); events are dropped")
+        error = ShutdownDropError(
+            f"event {event.get('event')!r} tracked after shutdown()", batch_id="", attempts=0
+        )
+        report_error(self.config, [event], error)
 
     def _ensure_worker(self, state: _ProcessState) -> None:
         thread = state.thread

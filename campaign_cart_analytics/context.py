@@ -18,6 +18,7 @@ request that tracks nothing.
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Callable, Optional, Union
@@ -29,21 +30,34 @@ Provider = Callable[[], Optional[Mapping[str, Any]]]
 
 
 class _LazyLayer:
-    """Values a provider computes once, at the first event that needs them."""
+    """Values a provider computes once, at the first event that needs them.
+
+    Two threads of one request may track at once (a view that fans out): the
+    lock makes the second wait for the first's values instead of computing
+    them again (a second session for a new visitor, say).
+    """
 
     def __init__(self, provider: Provider) -> None:
         self._provider = provider
         self._values: Optional[Mapping[str, Any]] = None
+        self._lock = threading.Lock()
 
     def values(self) -> Mapping[str, Any]:
-        if self._values is None:
-            try:
-                produced = self._provider()
-                self._values = {} if produced is None else _checked(produced)
-            except Exception:
-                logger.exception("Context provider %r failed; values left out", self._provider)
-                self._values = {}
-        return self._values
+        values = self._values
+        if values is not None:
+            return values
+        with self._lock:
+            if self._values is None:
+                self._values = self._compute()
+            return self._values
+
+    def _compute(self) -> Mapping[str, Any]:
+        try:
+            produced = self._provider()
+            return {} if produced is None else _checked(produced)
+        except Exception:
+            logger.exception("Context provider %r failed; values left out", self._provider)
+            return {}
 
 
 Layer = Union[Mapping[str, Any], _LazyLayer]

@@ -160,3 +160,32 @@ def test_module_level_context(receiver: Receiver, monkeypatch: pytest.MonkeyPatc
         assert receiver.delivered_events()[0]["user_properties"] == {"user_id": "u"}
     finally:
         cca.shutdown(timeout=1)
+
+
+def test_a_provider_runs_once_when_two_threads_of_a_request_track_at_once(
+    make_client: Any, receiver: Receiver
+) -> None:
+    import contextvars
+    import threading
+    import time as clock
+
+    calls: list[int] = []
+
+    def provider() -> dict[str, Any]:
+        calls.append(1)
+        clock.sleep(0.05)  # long enough for the other thread to arrive meanwhile
+        return {"user_properties": {"session_id": f"s{len(calls)}"}}
+
+    client = make_client(batch_interval_ms=60_000)
+    with client.context(provider):
+        request = contextvars.copy_context()
+    threads = [
+        threading.Thread(target=request.copy().run, args=(client.track, "e")) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert client.flush(timeout=5) is True
+    assert calls == [1]
+    assert [e["user_properties"]["session_id"] for e in receiver.delivered_events()] == ["s1"] * 2

@@ -525,3 +525,16 @@ def test_on_error_gets_every_dropped_event_once_at_exit(receiver: Receiver, tmp_
     assert result.returncode == 0, result.stderr
     tracked = result.stdout.split()
     assert sorted(out.read_text().split()) == sorted(tracked)
+
+
+def test_an_event_tracked_after_shutdown_reaches_on_error(
+    make_client: Any, receiver: Receiver
+) -> None:
+    errors = Errors()
+    client = make_client(on_error=errors)
+    client.shutdown()
+    assert client.track("late") is None
+    assert [e["event"] for e in errors.events] == ["late"]
+    assert isinstance(errors.calls[0][1], cca.ShutdownDropError)
+    assert client.flush() is False  # a loss, reported once
+    assert client.flush() is True
