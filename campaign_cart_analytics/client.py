@@ -12,6 +12,7 @@ logged, counted in ``stats()`` and reported to ``on_error``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
@@ -26,6 +27,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import _lifecycle
 from ._logging import RateLimitedLog, logger
+from ._threads import in_delivery_thread
 from .config import (
     Config,
     ErrorCallback,
@@ -37,11 +39,23 @@ from .config import (
 )
 from .context import EventContext, Provider
 from .errors import QueueFullError, ShutdownDropError, TransformError
-from .events import EventFactory, UnencodableValue, copy_tree, encode, find_unencodable
+from .events import (
+    EventFactory,
+    UnencodableValue,
+    copy_tree,
+    encode,
+    envelope_problem,
+    find_unencodable,
+)
 from .pending import PendingEvents
+from .shutdown_clock import ShutdownClock
 from .stats import Stats
-from .transport import ShutdownClock, Transport
+from .transport import Transport
 from .worker import Worker, report_error
+
+#: At a shutdown that ran out of time, how long to let on_error calls already under way
+#: in the delivery thread finish (at exit, the thread would be cut off half way).
+REPORT_GRACE = 1.0
 
 #: How often the same warning (queue full, transform failing) may be logged, in seconds.
 WARNING_INTERVAL = 10.0
@@ -90,6 +104,10 @@ class Analytics:
     - ``enabled``: False makes every call a no-op and starts no thread.
     - ``on_error(events, error)``: called with the events whenever some are dropped.
     - ``verify``: TLS certificate checks: True, False, or a CA bundle's path.
+    - ``max_concurrent_requests`` (1 to 64): requests in flight at once when batches wait.
+    - ``compression``: None or ``"gzip"`` (``Content-Encoding: gzip``).
+    - ``client_cert``: a PEM file, or a (cert, key) pair, for mutual TLS.
+    - ``proxy``: a proxy URL for this client; None uses the environment's.
     """
 
     def __init__(
@@ -108,6 +126,10 @@ class Analytics:
         enabled: bool = True,
         on_error: Optional[ErrorCallback] = None,
         verify: Union[bool, str] = True,
+        max_concurrent_requests: int = 4,
+        compression: Optional[str] = None,
+        client_cert: Union[str, tuple[str, str], None] = None,
+        proxy: Optional[str] = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -126,11 +148,16 @@ class Analytics:
             enabled=enabled,
             on_error=on_error,
             verify=verify,
+            max_concurrent_requests=max_concurrent_requests,
+            compression=compression,
+            client_cert=client_cert,
+            proxy=proxy,
         )
         self._events = EventFactory()
         self._state = _ProcessState(self.config)
         self._context = EventContext()
         self._shut_down = False  # once set, in this process and any forked from it
+        self._delivery_thread_log = RateLimitedLog(WARNING_INTERVAL)
         self._warned_closed = False
         _lifecycle.created(self)
         if self.config.enabled:
@@ -219,6 +246,12 @@ class Analytics:
                 f"transform_function must return a dict or None; got {type(result).__name__}"
             )
             self._transform_failed(envelope, error, pending)
+            return None
+        problem = envelope_problem(result)
+        if problem is not None:  # a receiver would refuse the whole batch for it
+            self._transform_failed(
+                envelope, TransformError(f"transform_function {problem}"), pending
+            )
             return None
         return result
 
@@ -336,6 +369,13 @@ class Analytics:
         state = self._state
         if state.pid != os.getpid():
             return True  # nothing of the parent's is ours to send
+        if in_delivery_thread():  # on_error or a header callable: it would wait for itself
+            self._delivery_thread_log.log(
+                logging.WARNING,
+                "flush() called from on_error or a header callable does not wait: the "
+                "delivery thread cannot wait for itself",
+            )
+            return False
         if state.pending.stats().queued:
             self._ensure_worker(state)
         settled, no_loss = state.pending.flush(timeout)
@@ -357,6 +397,9 @@ class Analytics:
         if not self.config.enabled:
             return True
         self._shut_down = True
+        if in_delivery_thread():  # from on_error: stop taking events; the thread ends itself
+            self._state.pending.close()
+            return False
         gives_up_at = None if timeout is None else time.monotonic() + timeout
         if gives_up_at is not None:
             self._begin_shutdown(waits_until=gives_up_at, gives_up_at=gives_up_at)
@@ -392,6 +435,7 @@ class Analytics:
                     attempts=0,
                 )
                 report_error(self.config, [json.loads(text) for text in texts], error)
+            state.pending.wait_for_reports(REPORT_GRACE)
         dropped = state.pending.stats().dropped_shutdown - dropped_before
         if dropped:
             logger.warning(
@@ -476,7 +520,32 @@ _Result = TypeVar("_Result")
 
 
 def _in_thread(function: Callable[..., _Result], *args: Any) -> Awaitable[_Result]:
-    return asyncio.get_running_loop().run_in_executor(None, function, *args)
+    """``function(*args)`` on a daemon thread of its own, awaited without blocking the loop.
+
+    Not the loop's default executor: a cancelled wait must not keep
+    ``asyncio.run()`` from returning until the flush has ended.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_Result] = loop.create_future()
+
+    def settle(result: Any, error: Optional[BaseException]) -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            outcome: tuple[Any, Optional[BaseException]] = (function(*args), None)
+        except BaseException as exc:
+            outcome = (None, exc)
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name="campaign-cart-analytics-flush", daemon=True).start()
+    return future
 
 
 def warn_if_threads_cannot_run() -> None:

@@ -53,6 +53,10 @@ SEED_NAMES: Mapping[str, str] = types.MappingProxyType(
         "enabled": "enabled",
         "on_error": "onError",
         "verify": "verify",
+        "max_concurrent_requests": "maxConcurrentRequests",
+        "compression": "compression",
+        "client_cert": "clientCert",
+        "proxy": "proxy",
     }
 )
 _BY_ANY_NAME = {**{seed: ours for ours, seed in SEED_NAMES.items()}, **{o: o for o in SEED_NAMES}}
@@ -80,8 +84,9 @@ def redact_url(url: str) -> str:
     base, question, query = address.partition("?")
     base = _USERINFO.sub(lambda match: (match.group("head") or "") + "***@", base, count=1)
     if question:
-        names = [pair.partition("=")[0] for pair in query.split("&") if pair]
-        base += "?" + "&".join(f"{name}=***" for name in names)
+        # A bare "?TOKEN" has no name to keep: all of it goes.
+        pairs = [pair.partition("=") for pair in query.split("&") if pair]
+        base += "?" + "&".join(f"{name}=***" if eq else "***" for name, eq, _ in pairs)
     return base
 
 
@@ -97,7 +102,7 @@ def check_header_value(name: str, value: object) -> str:
             f"headers[{name!r}] must be a str (or a callable returning str); "
             f"got {type(value).__name__}"
         )
-    if not _HEADER_VALUE.match(value):
+    if not _HEADER_VALUE.fullmatch(value):  # not match: $ also matches before a final LF
         raise ConfigError(
             f"headers[{name!r}] may hold only visible ASCII (or Latin-1) characters, with "
             "spaces and tabs between them: no CR, LF, NUL or other control character, no "
@@ -123,10 +128,18 @@ def _shown(value: object) -> str:
     if value is None or isinstance(value, (bool, int, float)):
         return f"{value!r} ({type(value).__name__})"
     if isinstance(value, str):
-        if _PLAIN.match(value):
+        if _PLAIN.fullmatch(value):
             return f"{value!r} (str)"
         return f"a str of {len(value)} characters (not shown: it may be a secret)"
     return f"a {type(value).__name__} (not shown: it may hold a secret)"
+
+
+_PLAIN_PATH = re.compile(r"[\w./ ~+-]{1,200}")
+
+
+def _shown_path(path: str) -> str:
+    """A path for an error message, unless it looks like something else (a URL, a token)."""
+    return repr(path) if _PLAIN_PATH.fullmatch(path) else f"a path of {len(path)} characters"
 
 
 def _int_option(minimum: int, maximum: Optional[int] = None) -> Callable[[Any, Any, Any], None]:
@@ -197,8 +210,53 @@ def _check_verify(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) 
         raise _rule_error("verify", value, rule)
     if not os.path.exists(value):
         raise ConfigError(
-            f"verify must be {rule}; got {redact_url(value)!r}: no such file or folder"
+            f"verify must be {rule}; got {_shown_path(value)}: no such file or folder"
         )
+
+
+def _check_client_cert(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    rule = "None, the path of a PEM file, or a (cert, key) pair of paths"
+    paths = (value,) if isinstance(value, str) else value
+    if value is None:
+        return
+    if not isinstance(paths, tuple) or not 1 <= len(paths) <= 2:
+        raise _rule_error("client_cert", value, rule)
+    for path in paths:
+        if not isinstance(path, str):
+            raise _rule_error("client_cert", value, rule)
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"{option_label('client_cert')} must be {rule}; got {_shown_path(path)}: "
+                "no such file"
+            )
+
+
+def _tuple_if_list(value: Any) -> Any:
+    value = tuple(value) if isinstance(value, list) else value  # JSON settings have no tuples
+    if isinstance(value, tuple):
+        return tuple(_absolute_path(path) for path in value)
+    return _absolute_path(value)
+
+
+def _absolute_path(value: Any) -> Any:
+    """A path as it is now: a later os.chdir() must not change what a file option names."""
+    return os.path.abspath(value) if isinstance(value, str) and value else value
+
+
+def _check_proxy(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    rule = "None or an http:// or https:// proxy URL with a host"
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise _rule_error("proxy", value, rule)
+    problem = endpoint_problem(value)
+    if problem is not None:
+        raise ConfigError(f"proxy must be {rule}; got {redact_url(value)!r}: {problem}")
+
+
+def _check_compression(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and value != "gzip":
+        raise _rule_error("compression", value, "None or 'gzip'")
 
 
 def _freeze_headers(value: Any) -> Mapping[str, HeaderValue]:
@@ -209,12 +267,16 @@ def _freeze_headers(value: Any) -> Mapping[str, HeaderValue]:
         )
     frozen: dict[str, HeaderValue] = {}
     for name, header_value in value.items():
-        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise ConfigError(f"headers: {name!r} is not a valid HTTP header name")
         frozen[name] = (
             header_value if callable(header_value) else check_header_value(name, header_value)
         )
     return types.MappingProxyType(frozen)
+
+
+def _proxy_repr(url: Optional[str]) -> str:
+    return repr(None if url is None else redact_url(url))
 
 
 def _headers_repr(headers: Mapping[str, HeaderValue]) -> str:
@@ -241,7 +303,15 @@ class Config:
     shutdown_timeout_ms: int = attrs.field(default=5000, validator=_int_option(0, HOUR_MS))
     enabled: bool = attrs.field(default=True, validator=_bool_option)
     on_error: Optional[ErrorCallback] = attrs.field(default=None, validator=_optional_callable)
-    verify: Union[bool, str] = attrs.field(default=True, validator=_check_verify)
+    verify: Union[bool, str] = attrs.field(
+        default=True, converter=_absolute_path, validator=_check_verify
+    )
+    max_concurrent_requests: int = attrs.field(default=4, validator=_int_option(1, 64))
+    compression: Optional[str] = attrs.field(default=None, validator=_check_compression)
+    client_cert: Union[str, tuple[str, str], None] = attrs.field(
+        default=None, converter=_tuple_if_list, validator=_check_client_cert
+    )
+    proxy: Optional[str] = attrs.field(default=None, validator=_check_proxy, repr=_proxy_repr)
 
     def __attrs_post_init__(self) -> None:
         if self.max_queue_size < self.batch_size:

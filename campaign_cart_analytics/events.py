@@ -164,6 +164,19 @@ class EventFactory:
         return self.process_session_id
 
 
+def envelope_problem(event: Mapping[str, Any]) -> Optional[str]:
+    """What makes ``event`` (a transform's result) unfit for the wire format, or None."""
+    for field in ("event", "event_id", "event_time"):
+        value = event.get(field)
+        if not isinstance(value, str) or not value:
+            return f"returned an event whose {field!r} is not a non-empty str ({value!r:.40})"
+    try:
+        parse_iso8601(event["event_time"])
+    except ValueError:
+        return f"returned an event whose 'event_time' is not ISO 8601 ({event['event_time']!r:.40})"
+    return None
+
+
 def copy_tree(value: Any) -> Any:
     """A copy of the dicts, lists, tuples and sets in ``value``; leaves are shared.
 
@@ -183,6 +196,21 @@ def copy_tree(value: Any) -> Any:
 # ---------------------------------------------------------------- JSON
 
 
+def _decimal_problem(value: decimal.Decimal) -> Optional[str]:
+    """Why a Decimal cannot be sent: NaN and infinities are not JSON, and one beyond a
+    double's range reads as infinity almost everywhere (the reference receiver refuses it)."""
+    if not value.is_finite():
+        return f"Decimal {value} is not JSON"
+    if value and value.adjusted() > 308:
+        return f"Decimal {value:.3E} overflows a double: JSON readers take it for infinity"
+    return None
+
+
+def _int_fits(value: int) -> bool:
+    """Python refuses to write an int of more than 4300 digits (sys.int_info)."""
+    return value.bit_length() <= 14_000
+
+
 def _encode_extra(value: Any) -> Any:
     """``json``'s ``default`` hook: the types we carry beyond plain JSON."""
     if isinstance(value, dt.datetime):
@@ -192,8 +220,8 @@ def _encode_extra(value: Any) -> Any:
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
-        if not value.is_finite():
-            raise ValueError("non-finite Decimal")
+        if _decimal_problem(value):
+            raise ValueError("Decimal out of range")
         return _DECIMAL_MARK + str(value)
     if isinstance(value, uuid.UUID):
         return str(value)
@@ -263,12 +291,15 @@ def find_unencodable(value: Any, path: str = "") -> Optional[UnencodableValue]:
 def _walk(value: Any, path: str, open_containers: set[int]) -> Optional[UnencodableValue]:
     if isinstance(value, str):
         return None if _is_utf8_safe(value) else UnencodableValue(path, _SURROGATE_REASON)
+    if isinstance(value, int) and not _int_fits(value):
+        return UnencodableValue(path, f"an int of {value.bit_length()} bits is too large to send")
     if value is None or isinstance(value, (bool, int)):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else UnencodableValue(path, f"{value} is not JSON")
     if isinstance(value, decimal.Decimal):
-        return None if value.is_finite() else UnencodableValue(path, f"Decimal {value} is not JSON")
+        problem = _decimal_problem(value)
+        return None if problem is None else UnencodableValue(path, problem)
     if isinstance(value, (dt.date, dt.time, uuid.UUID)):
         return None
     if not isinstance(value, (Mapping, list, tuple, set, frozenset)):

@@ -61,7 +61,7 @@ class TakenBatch:
         )
 
 
-@attrs.define
+@attrs.define(eq=False)  # each waiter is its own: two equal ones must not be confused
 class _FlushWaiter:
     target_seq: int
     done: bool = False
@@ -73,7 +73,7 @@ class PendingEvents:
     ``max_size`` bounds every event pending, in the queue or taken by the
     worker and not yet settled (in flight, or parked for a retry).
 
-    ``batch_size`` and ``interval`` (seconds) decide when ``take_batch`` hands
+    ``batch_size`` and ``interval`` (seconds) decide when ``take_ready`` hands
     the worker a batch: when ``batch_size`` events wait, when the oldest has
     waited ``interval``, when a flush covers it, or at once while closing.
     """
@@ -93,8 +93,9 @@ class PendingEvents:
         self._settled_above: dict[int, int] = {}  # first -> last seq of ranges settled beyond it
         self._flush_through = 0
         self._closing = False
-        self._interrupts = 0  # bumped to make a waiting take_batch() return and re-plan
+        self._interrupts = 0  # bumped to make a waiting worker return and re-plan
         self._waiters: list[_FlushWaiter] = []
+        self._reporting = 0  # batches counted as dropped whose on_error call has not returned
         self._losses = 0  # events lost so far
         self._reported_losses = 0  # of those, how many a completed flush or shutdown reported
         self._counts = dict.fromkeys(COUNTERS, 0)
@@ -135,40 +136,36 @@ class PendingEvents:
 
     # ------------------------------------------------------------ worker side
 
-    def take_batch(self, until: Optional[float] = None) -> Optional[TakenBatch]:
-        """Block until a batch is due and return it.
-
-        Returns None at the monotonic time ``until`` (the worker has a retry due
-        then), after ``interrupt()`` (its plans changed), or, when there is no
-        ``until``, once closing and empty.
-        """
-        with self._work_ready:
-            interrupts = self._interrupts
-            while True:
-                now = time.monotonic()
-                if (until is not None and until <= now) or self._interrupts != interrupts:
-                    return None
-                batch_due: Optional[float] = None
-                if self._items:
-                    if (
-                        self._closing
-                        or len(self._items) >= self._batch_size
-                        or self._head_seq <= self._flush_through
-                    ):
-                        break
-                    batch_due = self._items[0][1] + self._interval
-                    if batch_due <= now:
-                        break
-                elif self._closing and until is None:
-                    return None
-                wake_at = min((t for t in (batch_due, until) if t is not None), default=None)
-                self._work_ready.wait(None if wake_at is None else wake_at - now)
+    def take_ready(self) -> Optional[TakenBatch]:
+        """The next batch if one is due now (full, interval over, flushed, closing), or None."""
+        with self._lock:
+            due = self._batch_due_at()
+            if due is None or due > time.monotonic():
+                return None
             count = min(self._batch_size, len(self._items))
             texts = [self._items.popleft()[0] for _ in range(count)]
             batch = TakenBatch(self._head_seq, texts)
             self._taken[batch.first_seq] = batch
             self._head_seq += count
             return batch
+
+    def wait(self, until: Optional[float], *, for_batch: bool) -> None:
+        """Block until the monotonic time ``until``, an ``interrupt()``, or, with
+        ``for_batch``, until a batch is due; return at once if one already is."""
+        with self._work_ready:
+            interrupts = self._interrupts
+            while self._interrupts == interrupts:
+                now = time.monotonic()
+                wake_at = until
+                if for_batch:
+                    due = self._batch_due_at()
+                    if due is not None and due <= now:
+                        return
+                    if due is not None and (wake_at is None or due < wake_at):
+                        wake_at = due
+                if wake_at is not None and wake_at <= now:
+                    return
+                self._work_ready.wait(None if wake_at is None else wake_at - now)
 
     def split(self, batch: TakenBatch) -> tuple[TakenBatch, TakenBatch]:
         """Two halves, in order, of a batch the endpoint found too large; each settles alone."""
@@ -186,7 +183,7 @@ class PendingEvents:
         """
         if not self.count(batch, counter, problem):
             return False
-        self.release(batch)
+        self.release(batch, reported=counter != "delivered")
         return True
 
     def count(self, batch: TakenBatch, counter: str, problem: Optional[str] = None) -> bool:
@@ -207,17 +204,30 @@ class PendingEvents:
                 self._counts["batches_sent"] += 1
             else:
                 self._losses += count
+                self._reporting += 1
             return True
 
-    def release(self, batch: TakenBatch) -> None:
-        """The second half of ``settle``: flushes waiting for these events may return."""
+    def release(self, batch: TakenBatch, *, reported: bool = False) -> None:
+        """The second half of ``settle``: flushes waiting for these events may return.
+
+        ``reported``: the batch was dropped and ``on_error`` has returned.
+        """
         with self._settled:
+            if reported:
+                self._reporting -= 1
+                self._settled.notify_all()
             if batch.last_seq <= self._settled_through:
                 return  # a shutdown wrote everything off meanwhile
             self._settled_above[batch.first_seq] = batch.last_seq
             while self._settled_through + 1 in self._settled_above:
                 self._settled_through = self._settled_above.pop(self._settled_through + 1)
             self._update_waiters()
+
+    def wait_for_reports(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) for ``on_error`` calls the worker is making: at exit,
+        a callback cut off half way would have heard of the loss and reported nothing."""
+        with self._settled:
+            self._settled.wait_for(lambda: self._reporting == 0, timeout)
 
     def count_retry(self, problem: str) -> None:
         with self._settled:
@@ -252,12 +262,13 @@ class PendingEvents:
         self.interrupt()
 
     def drained(self) -> bool:
-        """True once closing and nothing is left to hand out: the worker may stop."""
+        """True once closing and nothing is left to hand out: the worker may stop
+        (when nothing it took is still on its way)."""
         with self._work_ready:
             return self._closing and not self._items
 
     def interrupt(self) -> None:
-        """Wake the worker to plan again (a shutdown deadline changes what is due)."""
+        """Wake the worker to plan again (an answer came, a shutdown changed what is due)."""
         with self._work_ready:
             self._interrupts += 1
             self._work_ready.notify()
@@ -297,6 +308,18 @@ class PendingEvents:
             return Stats(**self._counts, last_error=self._last_error)
 
     # ------------------------------------------------------------ internals (lock held)
+
+    def _batch_due_at(self) -> Optional[float]:
+        """When the next batch is due: full, flushed or closing now; else its interval."""
+        if not self._items:
+            return None
+        if (
+            self._closing
+            or len(self._items) >= self._batch_size
+            or self._head_seq <= self._flush_through
+        ):
+            return 0.0
+        return self._items[0][1] + self._interval
 
     def _request_flush(self) -> Optional[_FlushWaiter]:
         if self._settled_through >= self._last_seq:

@@ -1,203 +1,72 @@
-"""One batch over HTTP: a ``requests.Session`` whose adapter retries on the seed's schedule.
+"""One batch, one request: the ``requests`` session and what the endpoint answered.
 
-The schedule (SPEC section 6) is driven by ``DeliveryRetry``, a
-``urllib3.Retry`` mounted through ``requests``' ``HTTPAdapter`` for both
-``http://`` and ``https://``:
+``Transport.post`` makes exactly one attempt and says what came of it in an
+``Answer``; whether and when to try again is the worker's decision
+(``retry``, ``overload``). Several sender threads may post at once: they
+share one session, whose connection pool holds ``max_concurrent_requests``
+kept-alive connections.
 
-- attempt 1 at once; retry k starts ``retry_delay * 2**(k-1)`` after attempt
-  k failed (urllib3's own ``backoff_factor`` would give 0, 2f, 4f);
-- retried: 5xx, 408, 429, connection errors and timeouts, for ``POST`` too
-  (read errors included: the receiver drops duplicates by ``Idempotency-Key``);
-- ``Retry-After`` on 429/503 replaces the computed wait; no wait exceeds 60 s;
-- redirects are never followed, so no token travels to another host;
-- a TLS certificate that fails verification is not retried: it cannot heal.
-
-Each request is an ``attempts.Attempt``: ``request_timeout_ms`` bounds it
-whole, from connecting to the last byte of the response, and a shutdown that
-runs out of time cuts it off (``stop_sending``). The status line is the
-verdict: a 2xx whose body then breaks off is delivered.
-
-The wait before a retry does not happen inside the request: ``DeliveryRetry``
-raises ``RetryLater`` with the updated ``Retry`` and the delay, and the
-worker re-sends the batch with that ``Retry`` when it is due, delivering other
-batches meanwhile. So a batch in backoff never holds back the ones behind it,
-and shutdown can give it its last attempt at once instead of waiting.
+- Each request is an ``attempts.Attempt``: ``request_timeout_ms`` bounds it
+  whole, from connecting to the last byte of the response, and a shutdown
+  that runs out of time cuts it off (``stop_sending``).
+- The status line is the verdict: a 2xx whose body then breaks off is
+  delivered.
+- Redirects are never followed, so no token travels to another host.
+- A TLS certificate that fails verification is ``fatal``: it cannot heal.
+- The SDK's own requests are hidden from the application's OpenTelemetry
+  traces (``_otel``), as OpenTelemetry's exporters hide theirs.
 """
 
 from __future__ import annotations
 
 import errno
+import gzip
+import logging
 import platform
 import ssl
-import threading
-import time
-from typing import TYPE_CHECKING, Any, Optional
+import urllib.parse
+from typing import Any, Optional
 
 import attrs
 import requests
 from urllib3.exceptions import (
     ConnectTimeoutError,
-    MaxRetryError,
     NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
     SSLError,
 )
-from urllib3.util.retry import Retry
 
+from . import _otel
 from ._logging import logger
 from ._version import __version__
 from .attempts import STOPPED, TIMED_OUT, Attempt, AttemptGuard, GuardedAdapter, SendingStopped
 from .config import Config, check_header_value, redact_url
-
-if TYPE_CHECKING:
-    from urllib3.response import BaseHTTPResponse
-
-#: No single wait between attempts is longer than this, whatever the schedule or Retry-After say.
-MAX_WAIT_SECONDS = 60.0
-
-RETRYABLE_STATUSES = frozenset({408, 429, *range(500, 600)})
+from .retry import OVERLOAD_STATUSES, RETRYABLE_STATUSES, retry_after_seconds
+from .shutdown_clock import ShutdownClock
 
 USER_AGENT = f"campaign-cart-analytics-python/{__version__} (Python {platform.python_version()})"
 
 
-class RetryLater(Exception):
-    """Raised from ``DeliveryRetry.sleep``: re-send with ``retry`` after ``delay`` seconds."""
-
-    def __init__(self, retry: DeliveryRetry, delay: float, problem: str) -> None:
-        super().__init__(problem)
-        self.retry = retry
-        self.delay = delay
-        self.problem = problem
-
-
-class ShutdownClock:
-    """The deadlines a shutdown imposes on delivery; none until ``begin`` is called.
-
-    ``waits_until``: a retry due later than this is not waited for; the batch
-    gets one last attempt at once (at interpreter exit it is "now": the seed's
-    page unload does not back off). ``gives_up_at``: no attempt may run past
-    this; it bounds request timeouts.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.waits_until: Optional[float] = None
-        self._gives_up_at: Optional[float] = None
-
-    def begin(self, *, waits_until: float, gives_up_at: Optional[float]) -> None:
-        with self._lock:
-            if self.waits_until is None or waits_until < self.waits_until:
-                self.waits_until = waits_until
-            if gives_up_at is not None and (
-                self._gives_up_at is None or gives_up_at < self._gives_up_at
-            ):
-                self._gives_up_at = gives_up_at
-
-    def cuts_short(self, due: float) -> bool:
-        """True when a retry due at ``due`` would end after the shutdown's deadline."""
-        waits_until = self.waits_until
-        return waits_until is not None and due > waits_until
-
-    def attempt_timeout(self, timeout: float) -> float:
-        """``timeout``, shortened so that an attempt ends by the shutdown's give-up time."""
-        if self._gives_up_at is None:
-            return timeout
-        return max(0.0, min(timeout, self._gives_up_at - time.monotonic()))
-
-
-class DeliveryRetry(Retry):
-    """``urllib3.Retry`` with the seed's schedule and interruptible waits (see module doc)."""
-
-    RETRY_AFTER_STATUS_CODES = frozenset({429, 503})
-
-    retry_delay: float = 1.0
-
-    @classmethod
-    def for_config(cls, config: Config) -> DeliveryRetry:
-        retry = cls(
-            total=config.max_retries,
-            connect=None,
-            read=None,
-            status=None,
-            other=None,
-            redirect=False,
-            allowed_methods=frozenset({"POST"}),
-            status_forcelist=RETRYABLE_STATUSES,
-            raise_on_status=False,
-            respect_retry_after_header=True,
-        )
-        retry.retry_delay = config.retry_delay_ms / 1000
-        return retry
-
-    def new(self, **kw: Any) -> DeliveryRetry:
-        retry = super().new(**kw)
-        retry.retry_delay = self.retry_delay
-        return retry
-
-    def increment(
-        self,
-        method: Optional[str] = None,
-        url: Optional[str] = None,
-        response: Optional[BaseHTTPResponse] = None,
-        error: Optional[Exception] = None,
-        _pool: Any = None,
-        _stacktrace: Any = None,
-    ) -> DeliveryRetry:
-        if error is not None and _find_cause(error, ssl.SSLCertVerificationError) is not None:
-            raise MaxRetryError(_pool, url, error)  # a certificate does not heal by retrying
-        return super().increment(method, url, response, error, _pool, _stacktrace)
-
-    def get_backoff_time(self) -> float:
-        failed_attempts = len(self.history)
-        if failed_attempts == 0:
-            return 0.0
-        return float(min(MAX_WAIT_SECONDS, self.retry_delay * 2 ** (failed_attempts - 1)))
-
-    def retry_after_seconds(self, response: Optional[BaseHTTPResponse]) -> Optional[float]:
-        """``Retry-After`` in seconds on a 429/503, capped at 60; None if absent or bad."""
-        if response is None or response.status not in self.RETRY_AFTER_STATUS_CODES:
-            return None
-        value = response.headers.get("Retry-After")
-        if value is None:
-            return None
-        try:
-            seconds = float(self.parse_retry_after(value))
-        except Exception:  # an unparsable header falls back to the schedule
-            return None
-        return min(MAX_WAIT_SECONDS, seconds)
-
-    def sleep(self, response: Optional[BaseHTTPResponse] = None) -> None:
-        """Hand the wait to the caller instead of sleeping (see the module doc)."""
-        if self.history and self.history[-1].error is not None:
-            # A parked batch keeps this Retry: its history must not keep the failed
-            # attempt's stack alive, and with it that attempt's request body.
-            _drop_tracebacks(self.history[-1].error)
-        problem = describe_history_entry(self.history[-1]) if self.history else "unknown error"
-        delay = self.retry_after_seconds(response)
-        raise RetryLater(self, self.get_backoff_time() if delay is None else delay, problem)
-
-    def final(self) -> DeliveryRetry:
-        """The same retry state allowing no further retries: for a last attempt."""
-        return self.new(total=0)
-
-
 @attrs.frozen
-class Outcome:
-    """What became of one batch's requests.
+class Answer:
+    """What one attempt came to.
 
-    ``kind`` is one of: ``delivered`` (2xx); ``too_large`` (413); ``rejected``
-    (a status that is not retried: 3xx, other 4xx); ``failed`` (retries used
-    up, or no request could be made); ``retry_later`` (re-send with ``retry``
-    after ``delay`` seconds); ``cut_short`` (the shutdown gave up before it).
+    ``kind`` is one of: ``delivered`` (2xx); ``too_large`` (413);
+    ``overloaded`` (429 or 503, with ``retry_after`` in seconds when given);
+    ``failed`` (worth retrying: 5xx, 408, network errors, timeouts);
+    ``rejected`` (3xx and other 4xx: not retried); ``fatal`` (no request could
+    be made, or one that cannot heal: a header callable failed, a TLS
+    certificate failed verification); ``cut_short`` (a shutdown ran out of time).
+    ``response`` (the urllib3 response) and ``error`` are what ``Retry`` counts.
     """
 
     kind: str
-    attempts: int
     status: Optional[int] = None
     problem: str = ""
-    retry: Optional[DeliveryRetry] = None
-    delay: float = 0.0
+    retry_after: Optional[float] = None
+    response: Any = attrs.field(default=None, eq=False, repr=False)
+    error: Optional[Exception] = attrs.field(default=None, eq=False, repr=False)
 
 
 class Transport:
@@ -208,29 +77,39 @@ class Transport:
         self._clock = clock
         self._guard = AttemptGuard()
         self._session = requests.Session()
-        self._first_attempt = DeliveryRetry.for_config(config)
-        self._adapter = GuardedAdapter(
-            max_retries=self._first_attempt, pool_connections=1, pool_maxsize=1
-        )
+        size = config.max_concurrent_requests
+        self._adapter = GuardedAdapter(max_retries=0, pool_connections=1, pool_maxsize=size)
         self._session.mount("http://", self._adapter)
         self._session.mount("https://", self._adapter)
         self._session.headers.update(
             {"User-Agent": USER_AGENT, "Content-Type": "application/json", "Accept": "*/*"}
         )
+        if config.compression == "gzip":
+            self._session.headers["Content-Encoding"] = "gzip"
         self._static_headers = {
             name: value for name, value in config.headers.items() if isinstance(value, str)
         }
         self._session.headers.update(self._static_headers)
+        self._secrets = secrets_of(config.endpoint, self._static_headers.values())
+        _hide_in_urllib3_logs(config.endpoint)
+        if config.client_cert is not None:
+            self._session.cert = config.client_cert
         # All but the body and per-batch headers is the same for every batch: prepare it
         # once (session headers, URL credentials, .netrc, proxy and TLS settings from the
         # environment). session.post() would read the environment again for each batch.
         self._template = self._prepare_template()
         self._send_options: dict[str, Any] = {
             # An explicit verify wins over REQUESTS_CA_BUNDLE; True leaves the environment's.
+            # So does this client's proxy over HTTPS_PROXY; without one, the environment's.
             **self._session.merge_environment_settings(
-                config.endpoint, {}, None, None if config.verify is True else config.verify, None
+                config.endpoint,
+                {} if config.proxy is None else {"http": config.proxy, "https": config.proxy},
+                None,
+                None if config.verify is True else config.verify,
+                config.client_cert,
             ),
             "stream": True,  # the status is the verdict: the body is read after it, on our terms
+            "allow_redirects": False,
         }
 
     def close(self) -> None:
@@ -243,93 +122,45 @@ class Transport:
     def _prepare_template(self) -> requests.PreparedRequest:
         return self._session.prepare_request(requests.Request("POST", self._config.endpoint))
 
-    def send(
-        self,
-        body: bytes,
-        batch_id: str,
-        retry: Optional[DeliveryRetry] = None,
-        *,
-        final: bool = False,
-    ) -> Outcome:
-        """POST one batch body; never raises for HTTP or network trouble.
-
-        ``retry`` resumes a batch's retry state (from a ``retry_later``
-        outcome); ``final`` makes this its last attempt, whatever happens.
-        Only the client's one worker thread sends, so setting the adapter's
-        retry policy for the length of one call is safe.
-        """
+    def post(self, body: bytes, batch_id: str) -> Answer:
+        """POST one batch body, once; never raises for HTTP or network trouble."""
         # Cookies the endpoint set (load balancer stickiness) go back on later batches:
         # once there are any, prepare each request afresh so the session adds them.
         template = self._template if not self._session.cookies else self._prepare_template()
         request = template.copy()
         try:
-            request.headers.update(self._headers_for(batch_id))
+            headers = self._headers_for(batch_id)
         except Exception as exc:  # a header callable failed: no request can be made
-            return Outcome("failed", attempts=0, problem=str(exc))
+            return Answer("fatal", problem=str(exc))
+        request.headers.update(headers)
+        secrets = self._secrets
+        if len(headers) > 1:  # values header callables produced for this request
+            secrets = secrets + secrets_of("", list(headers.values())[1:])
+        if self._config.compression == "gzip":
+            body = gzip.compress(body, compresslevel=5)
         request.prepare_body(body, None)
         timeout = self._clock.attempt_timeout(self._config.request_timeout_ms / 1000)
         if timeout <= 0:
-            return Outcome("cut_short", attempts=0, problem="shutdown deadline passed")
-        policy = retry or self._first_attempt
-        self._adapter.max_retries = policy.final() if final else policy
+            return Answer("cut_short", problem="shutdown deadline passed")
         try:
-            with self._guard.attempt(timeout) as attempt:
-                outcome = self._post(request, policy, timeout)
+            with self._guard.attempt(timeout) as attempt, _otel.suppressed():
+                answer = self._exchange(request, timeout, secrets)
         except SendingStopped:
-            return Outcome("cut_short", attempts=0, problem="shutdown deadline passed")
-        finally:
-            self._adapter.max_retries = self._first_attempt
-        return _explain_cut(outcome, attempt, timeout)
+            return Answer("cut_short", problem="shutdown deadline passed")
+        return _explain_cut(answer, attempt, timeout)
 
-    def _post(
-        self, request: requests.PreparedRequest, policy: DeliveryRetry, timeout: float
-    ) -> Outcome:
+    def _exchange(
+        self, request: requests.PreparedRequest, timeout: float, secrets: tuple[str, ...]
+    ) -> Answer:
         try:
-            response = self._session.send(
-                request,
-                timeout=(timeout, timeout),
-                allow_redirects=False,
-                **self._send_options,
-            )
-        except RetryLater as later:
-            return Outcome(
-                "retry_later",
-                attempts=len(later.retry.history),
-                problem=later.problem,
-                retry=later.retry,
-                delay=later.delay,
-            )
+            response = self._session.send(request, timeout=(timeout, timeout), **self._send_options)
         except requests.RequestException as exc:
-            exhausted = _find_cause(exc, MaxRetryError) is not None
-            attempts = len(policy.history) + 1 if exhausted else 1
-            return Outcome("failed", attempts=attempts, problem=describe_error(exc, timeout))
+            problem = describe_error(exc, timeout)
+            if _find_cause(exc, ssl.SSLCertVerificationError) is not None:
+                return Answer("fatal", problem=problem)
+            return Answer("failed", problem=problem, error=exc)
         with response:
-            return self._outcome_of(response)
-
-    def _outcome_of(self, response: requests.Response) -> Outcome:
-        status = response.status_code
-        retries = getattr(response.raw, "retries", None)
-        attempts = len(retries.history) + 1 if retries is not None else 1
-        body = _read_body(response)
-        if 200 <= status < 300:
-            return Outcome("delivered", attempts, status)
-        if status == 413:
-            return Outcome("too_large", attempts, status, "HTTP 413 Payload Too Large")
-        if 300 <= status < 400:
-            location = response.headers.get("Location", "")
-            where = redact_url(location) if location else "no Location header"
-            return Outcome(
-                "rejected",
-                attempts,
-                status,
-                f"HTTP {status} redirect to {where}; redirects are not followed: "
-                "set endpoint to the final URL",
-            )
-        if status in RETRYABLE_STATUSES:
-            return Outcome("failed", attempts, status, f"HTTP {status}{_hint(status)}")
-        return Outcome(
-            "rejected", attempts, status, f"HTTP {status}{_hint(status)}: {_body_start(body)}"
-        )
+            return _judge(response, secrets)
 
     def _headers_for(self, batch_id: str) -> dict[str, str]:
         headers = {"Idempotency-Key": batch_id}
@@ -346,39 +177,103 @@ class Transport:
         return headers
 
 
-def _drop_tracebacks(error: BaseException) -> None:
-    seen: set[int] = set()
-    pending: list[Optional[BaseException]] = [error]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        current.__traceback__ = None
-        pending.extend((current.__cause__, current.__context__))
+def _judge(response: requests.Response, secrets: tuple[str, ...]) -> Answer:
+    status = response.status_code
+    body = _read_body(response)
+    raw = response.raw
+    if 200 <= status < 300:
+        return Answer("delivered", status)
+    if status == 413:
+        return Answer("too_large", status, "HTTP 413 Payload Too Large")
+    if status in OVERLOAD_STATUSES:
+        wait = retry_after_seconds(response.headers.get("Retry-After"))
+        return Answer("overloaded", status, f"HTTP {status}{_hint(status)}", wait, raw)
+    if 300 <= status < 400:
+        location = response.headers.get("Location", "")
+        where = redact_url(location) if location else "no Location header"
+        return Answer(
+            "rejected",
+            status,
+            f"HTTP {status} redirect to {where}; redirects are not followed: "
+            "set endpoint to the final URL",
+        )
+    if status in RETRYABLE_STATUSES:
+        return Answer("failed", status, f"HTTP {status}{_hint(status)}", response=raw)
+    excerpt = _without(secrets, _body_start(body))  # an endpoint may echo the token back
+    return Answer("rejected", status, f"HTTP {status}{_hint(status)}: {excerpt}")
+
+
+class _HideOurQueries(logging.Filter):
+    """urllib3 logs each request line at DEBUG, query string included: for the URLs this
+    SDK posts to, the query values are replaced by ``***`` (other requests are left alone)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: dict[str, str] = {}  # path?query as urllib3 logs it -> redacted
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and self.shown:
+            record.args = tuple(
+                self.shown.get(arg, arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+        return True
+
+
+_urllib3_filter = _HideOurQueries()
+
+
+def _hide_in_urllib3_logs(endpoint: str) -> None:
+    parts = urllib.parse.urlsplit(endpoint)
+    if not parts.query:
+        return
+    logged = f"{parts.path or '/'}?{parts.query}"
+    _urllib3_filter.shown[logged] = redact_url(logged)
+    urllib3_log = logging.getLogger("urllib3.connectionpool")
+    if _urllib3_filter not in urllib3_log.filters:
+        urllib3_log.addFilter(_urllib3_filter)
+
+
+def secrets_of(url: str, header_values: Any) -> tuple[str, ...]:
+    """What must not be shown of a request: header values and their tokens, and the
+    URL's credentials and query values, longest first."""
+    found: set[str] = set()
+    for value in header_values:
+        found.add(value)
+        found.update(word for word in value.split() if len(word) >= 6)
+    parts = urllib.parse.urlsplit(url) if url else None
+    if parts is not None:
+        found.update(item for item in (parts.username, parts.password) if item)
+        found.update(v for _, v in urllib.parse.parse_qsl(parts.query) if len(v) >= 4)
+    return tuple(sorted((s for s in found if len(s) >= 4), key=len, reverse=True))
+
+
+def _without(secrets: tuple[str, ...], text: str) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _explain_cut(answer: Answer, attempt: Attempt, timeout: float) -> Answer:
+    """An answer that says why its attempt was cut off, where it was."""
+    if answer.kind == "delivered" or attempt.cut_off is None:
+        return answer
+    if attempt.cut_off == STOPPED:
+        return Answer("cut_short", problem="cut off in flight by the shutdown deadline")
+    assert attempt.cut_off == TIMED_OUT
+    problem = f"no complete response within {timeout:g} s (request_timeout_ms)"
+    return attrs.evolve(answer, problem=problem)
 
 
 def _hint(status: int) -> str:
     hints = {
         401: " (check the Authorization header or token)",
         403: " (check the token's permissions)",
+        429: " Too Many Requests",
+        503: " Service Unavailable",
         404: " (check the endpoint's path)",
         405: " (the endpoint does not accept POST)",
     }
     return hints.get(status, "")
-
-
-def _explain_cut(outcome: Outcome, attempt: Attempt, timeout: float) -> Outcome:
-    """An outcome that says why its attempt was cut off, where it was."""
-    if outcome.kind == "delivered" or attempt.cut_off is None:
-        return outcome
-    if attempt.cut_off == STOPPED:
-        return Outcome(
-            "cut_short", outcome.attempts, problem="cut off in flight by the shutdown deadline"
-        )
-    assert attempt.cut_off == TIMED_OUT
-    problem = f"no complete response within {timeout:g} s (request_timeout_ms)"
-    return attrs.evolve(outcome, problem=problem)
 
 
 def _read_body(response: requests.Response) -> bytes:
@@ -444,12 +339,3 @@ def describe_error(exc: BaseException, timeout: Optional[float] = None) -> str:
 def _verify_message(error: ssl.SSLCertVerificationError) -> str:
     message = getattr(error, "verify_message", None)
     return str(message) if message else str(error)
-
-
-def describe_history_entry(entry: Any) -> str:
-    """One failed attempt recorded in ``Retry.history``, in plain words."""
-    if entry.status is not None:
-        return f"HTTP {entry.status}"
-    if entry.error is not None:
-        return describe_error(entry.error)
-    return "unknown error"

@@ -1,19 +1,28 @@
-"""The background thread: sends whatever is due and gives each batch its fate.
+"""The delivery thread: decides what goes out when, and gives each batch its fate.
 
-One thread, one loop. What is due is either a new batch (``PendingEvents``
-hands one over when it is full, its interval has passed, or a flush asks)
-or a parked batch whose retry wait is over. A batch that fails in a way worth
-retrying is parked with its urllib3 ``Retry`` state (``transport``) until its
-retry is due, and other batches go out meanwhile: one batch in backoff never
-holds back the rest. The loop ends when the queue is closed and drained and
-nothing is parked.
+One thread makes every decision; sender threads (``senders``) only carry
+requests out and bring the answers back. Each turn of the loop:
+
+1. settle the answers that came back (delivered, retry later, pause, split,
+   drop);
+2. start what is due, as long as the ``OverloadGate`` lets a request start:
+   parked batches whose wait is over first, then new batches from
+   ``PendingEvents`` (full, their interval over, flushed, or closing);
+3. wait until something changes: an answer, a batch or a wait coming due,
+   a shutdown.
+
+A batch's retry path, read top to bottom in ``_judge``: the worker keeps
+each batch's ``DeliveryRetry`` (a ``urllib3.Retry``) in its ``Job``; after a
+failure ``retry.next_attempt`` counts it (``Retry.increment``) and gives the
+wait (``get_backoff_time``), or says the budget is spent. A 429 or 503 pauses
+the whole client instead (``overload``) and costs the batch nothing.
 
 Delivery policy lives here, HTTP in ``transport``:
 
 - a 413 splits the batch in two halves sent on their own, down to one event;
-- once a shutdown has begun, a retry due after its deadline is not waited
-  for: the batch gets one last attempt at once, and what fails then is
-  counted as ``dropped_shutdown``;
+- once a shutdown has begun, a wait (retry or pause) that would end after
+  its deadline is skipped: the batch gets one last attempt at once, and
+  what fails then is counted as ``dropped_shutdown``;
 - a dropped batch is logged with its id, size, attempts and last problem,
   counted, and handed to ``on_error``.
 
@@ -23,35 +32,29 @@ counted as dropped (never lost silently), and the loop goes on.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import attrs
-
-from ._logging import logger
-from .config import Config
+from ._logging import RateLimitedLog, logger
+from ._threads import mark_as_delivery_thread
+from .config import Config, redact_url
 from .errors import DeliveryError, ShutdownDropError
-from .events import batch_body, new_batch_id
+from .events import new_batch_id
+from .overload import OverloadGate
 from .pending import PendingEvents, TakenBatch
-from .transport import DeliveryRetry, Outcome, ShutdownClock, Transport
+from .retry import DeliveryRetry
+from .senders import Job, SenderPool
+from .shutdown_clock import ShutdownClock
+from .transport import Answer, Transport
 
 #: Seconds the loop pauses after an unexpected error of its own, before going on.
 ERROR_PAUSE = 0.1
 
-
-@attrs.define(eq=False)
-class _Parked:
-    """A batch waiting for its next retry."""
-
-    due: float
-    parked_at: float
-    batch: TakenBatch
-    batch_id: str
-    sent_at_ms: int  # with the texts and the id, rebuilds the body byte for byte
-    retry: DeliveryRetry
-    problem: str
+#: The shortest overload pause, whatever Retry-After says: a hot loop helps nobody.
+MIN_PAUSE = 0.01
 
 
 class Worker:
@@ -66,140 +69,205 @@ class Worker:
     ) -> None:
         self._config = config
         self._pending = pending
-        self._transport = transport
         self._clock = clock
-        self._parked: list[_Parked] = []
+        self._gate = OverloadGate(config.max_concurrent_requests)
+        self._senders = SenderPool(transport, config.max_concurrent_requests, self._answered)
+        self._answers: collections.deque[tuple[Job, Answer]] = collections.deque()
+        self._parked: list[Job] = []
+        self._in_flight = 0
+        self._overload_log = RateLimitedLog(10.0)
+        self._shown_endpoint = redact_url(config.endpoint)  # urllib3 logs what Retry is given
 
     def run(self) -> None:
+        mark_as_delivery_thread()
         while True:
             try:
-                due = self._next_retry_due()
-                batch = self._pending.take_batch(until=due)
+                self._settle_answers()
+                if self._finished():
+                    self._senders.stop()
+                    return
+                self._start_what_is_due()
+                self._wait_for_change()
             except Exception:
                 logger.exception("Unexpected error in the delivery thread; it goes on")
                 time.sleep(ERROR_PAUSE)  # a bug that repeats must not spin a core
-                continue
-            if batch is not None:
-                batch_id = new_batch_id()
-                self._guarded(batch, batch_id, self._send_new, batch, batch_id)
-            elif due is None and self._pending.drained():
-                return
-            for parked in self._take_due_retries():
-                self._guarded(parked.batch, parked.batch_id, self._resend, parked)
 
-    # ------------------------------------------------------------ sending
+    def _answered(self, job: Job, answer: Answer) -> None:
+        """Called by a sender thread: queue the answer and wake the loop."""
+        self._answers.append((job, answer))
+        self._pending.interrupt()
 
-    def _send_new(self, batch: TakenBatch, batch_id: str) -> None:
-        sent_at_ms = time.time_ns() // 1_000_000
-        body = batch_body(batch.texts, batch_id, sent_at_ms)
-        self._settle(batch, batch_id, sent_at_ms, self._transport.send(body, batch_id))
-
-    def _resend(self, parked: _Parked) -> None:
-        last_chance = self._clock.cuts_short(parked.due)
-        attempt = len(parked.retry.history) + 1
-        self._pending.count_retry(parked.problem)
-        logger.info(
-            "Batch %s: retrying (attempt %d) after %s, waited %.3g s%s",
-            parked.batch_id, attempt, parked.problem, time.monotonic() - parked.parked_at,
-            "; last attempt before shutdown" if last_chance else "",
-        )  # fmt: skip
-        # The same body as the first attempt: same batch_id, same batch_info.timestamp.
-        body = batch_body(parked.batch.texts, parked.batch_id, parked.sent_at_ms)
-        outcome = self._transport.send(body, parked.batch_id, parked.retry, final=last_chance)
-        self._settle(
-            parked.batch, parked.batch_id, parked.sent_at_ms, outcome, last_chance=last_chance
+    def _finished(self) -> bool:
+        return (
+            not self._parked
+            and self._in_flight == 0
+            and not self._answers
+            and self._pending.drained()
         )
 
-    def _settle(
-        self,
-        batch: TakenBatch,
-        batch_id: str,
-        sent_at_ms: int,
-        outcome: Outcome,
-        *,
-        last_chance: bool = False,
-    ) -> None:
-        if outcome.kind == "delivered":
-            self._pending.settle(batch, "delivered")
+    # ------------------------------------------------------------ starting
+
+    def _start_what_is_due(self) -> None:
+        while True:
+            now = time.monotonic()
+            opens = self._gate.opens_at(self._in_flight, now, waits=not self._out_of_time(now))
+            if opens is None or opens > now:
+                return
+            job = self._take_due_parked(now) or self._take_new(now)
+            if job is None:
+                return
+            self._start(job, now)
+
+    def _take_due_parked(self, now: float) -> Optional[Job]:
+        due = [job for job in self._parked if job.due <= now or self._clock.cuts_short(job.due)]
+        if not due:
+            return None
+        job = min(due, key=lambda parked: parked.due)
+        self._parked.remove(job)
+        if self._clock.cuts_short(job.due):
+            job.last_chance = True  # a shutdown does not wait for it: one last attempt, now
+        return job
+
+    def _take_new(self, now: float) -> Optional[Job]:
+        batch = self._pending.take_ready()
+        if batch is None:
+            return None
+        retry = DeliveryRetry.first(self._config.max_retries, self._config.retry_delay_ms / 1000)
+        return Job(batch, new_batch_id(), time.time_ns() // 1_000_000, retry, due=now)
+
+    def _start(self, job: Job, now: float) -> None:
+        if job.is_retry:
+            self._pending.count_retry(job.problem)
+            logger.info(
+                "Batch %s: retrying (attempt %d) after %s, waited %.3g s%s",
+                job.batch_id, job.retry.attempts + 1, job.problem, now - job.waiting_since,
+                "; last attempt before shutdown" if job.last_chance else "",
+            )  # fmt: skip
+        self._in_flight += 1
+        self._gate.started(now)
+        self._senders.submit(job)
+
+    def _out_of_time(self, now: float) -> bool:
+        """A shutdown will not wait for a pause that ends later than its deadline."""
+        return self._clock.cuts_short(max(now, self._gate.paused_until))
+
+    def _wait_for_change(self) -> None:
+        now = time.monotonic()
+        opens = self._gate.opens_at(self._in_flight, now, waits=not self._out_of_time(now))
+        if opens is None:  # every slot taken: only an answer changes that
+            self._pending.wait(None, for_batch=False)
+            return
+        wakes = [job.due for job in self._parked]
+        if opens > now:  # paused or paced: nothing starts before then
+            wakes = [max(opens, due) for due in wakes] + [opens]
+        self._pending.wait(min(wakes, default=None), for_batch=opens <= now)
+
+    # ------------------------------------------------------------ answers
+
+    def _settle_answers(self) -> None:
+        while self._answers:
+            job, answer = self._answers.popleft()
+            self._in_flight -= 1
+            try:
+                self._judge(job, answer)
+            except Exception as exc:
+                logger.exception("Unexpected error judging batch %s; it is dropped", job.batch_id)
+                error = DeliveryError(
+                    f"Batch {job.batch_id} dropped: internal error {type(exc).__name__}: {exc}",
+                    batch_id=job.batch_id,
+                    attempts=job.retry.attempts + 1,
+                )
+                self._drop(job.batch, "dropped_delivery", error)
+
+    def _judge(self, job: Job, answer: Answer) -> None:
+        now = time.monotonic()
+        if answer.kind == "delivered":
+            self._gate.succeeded()
+            self._pending.settle(job.batch, "delivered")
             logger.debug(
                 "Batch %s delivered: %d events, HTTP %s, %d attempt(s)",
-                batch_id, len(batch.texts), outcome.status, outcome.attempts,
+                job.batch_id, len(job.batch.texts), answer.status, job.retry.attempts + 1,
             )  # fmt: skip
-        elif outcome.kind == "too_large" and len(batch.texts) > 1:
-            first, second = self._pending.split(batch)
-            logger.warning(
-                "Batch %s (%d events) is too large for the endpoint (HTTP 413); "
-                "sending it as two batches of %d and %d",
-                batch_id, len(batch.texts), len(first.texts), len(second.texts),
-            )  # fmt: skip
-            self._send_new(first, f"{batch_id}-1")
-            self._send_new(second, f"{batch_id}-2")
-        elif outcome.kind == "retry_later" and outcome.retry is not None:
-            now = time.monotonic()
-            due = now + outcome.delay
-            if self._clock.cuts_short(due):  # sent during shutdown: no wait past its deadline
-                self._give_up(batch, batch_id, outcome, at_shutdown=True)
-            else:
-                self._parked.append(
-                    _Parked(due, now, batch, batch_id, sent_at_ms, outcome.retry, outcome.problem)
-                )
-        else:
-            self._give_up(batch, batch_id, outcome, at_shutdown=last_chance)
+        elif answer.kind == "too_large" and len(job.batch.texts) > 1:
+            self._split(job, now)
+        elif job.last_chance or answer.kind == "cut_short":
+            self._give_up(job, answer, "shutdown deadline reached")
+        elif answer.kind == "overloaded":
+            self._pause(job, answer, now)
+        elif answer.kind == "failed":
+            self._retry_later(job, answer, now)
+        else:  # rejected, fatal, a single event too large
+            self._give_up(job, answer, "not retried")
 
-    def _guarded(
-        self, batch: TakenBatch, batch_id: str, send: Callable[..., None], *args: Any
-    ) -> None:
-        try:
-            send(*args)
-        except Exception as exc:
-            logger.exception("Unexpected error while delivering batch %s; it is dropped", batch_id)
-            error = DeliveryError(
-                f"Batch {batch_id} dropped: internal error {type(exc).__name__}: {exc}",
-                batch_id=batch_id,
-                attempts=0,
+    def _retry_later(self, job: Job, answer: Answer, now: float) -> None:
+        following = job.retry.next_attempt(
+            self._shown_endpoint, response=answer.response, error=answer.error
+        )
+        if following is None:
+            why = "retries exhausted" if self._config.max_retries else "not retried"
+            self._give_up(job, answer, why)
+            return
+        job.retry, wait = following
+        self._park(job, now + wait, answer.problem, is_retry=True)
+
+    def _pause(self, job: Job, answer: Answer, now: float) -> None:
+        pause = job.retry.wait_if_counted() if answer.retry_after is None else answer.retry_after
+        pause = max(pause, MIN_PAUSE)
+        self._gate.overloaded(now, pause)
+        self._overload_log.log(
+            logging.WARNING,
+            "The endpoint is overloaded (%s): all sending pauses for %.3g s, then resumes "
+            "one request at a time",
+            answer.problem, pause,
+        )  # fmt: skip
+        self._park(job, now + pause, answer.problem, is_retry=False)
+
+    def _park(self, job: Job, due: float, problem: str, *, is_retry: bool) -> None:
+        job.due, job.waiting_since, job.problem, job.is_retry = (
+            due,
+            time.monotonic(),
+            problem,
+            is_retry,
+        )
+        self._parked.append(job)
+
+    def _split(self, job: Job, now: float) -> None:
+        first, second = self._pending.split(job.batch)
+        logger.warning(
+            "Batch %s (%d events) is too large for the endpoint (HTTP 413); "
+            "sending it as two batches of %d and %d",
+            job.batch_id, len(job.batch.texts), len(first.texts), len(second.texts),
+        )  # fmt: skip
+        for half, suffix in ((first, "-1"), (second, "-2")):
+            retry = DeliveryRetry.first(
+                self._config.max_retries, self._config.retry_delay_ms / 1000
             )
-            self._drop(batch, "dropped_delivery", error)
-
-    # ------------------------------------------------------------ parked retries
-
-    def _next_retry_due(self) -> Optional[float]:
-        """When the next parked retry is due: now, for one a shutdown will not wait for."""
-        if not self._parked:
-            return None
-        now = time.monotonic()
-        return min(now if self._clock.cuts_short(p.due) else p.due for p in self._parked)
-
-    def _take_due_retries(self) -> list[_Parked]:
-        now = time.monotonic()
-        due: list[_Parked] = []
-        waiting: list[_Parked] = []
-        for parked in self._parked:
-            is_due = parked.due <= now or self._clock.cuts_short(parked.due)
-            (due if is_due else waiting).append(parked)
-        self._parked = waiting
-        return sorted(due, key=lambda parked: parked.due)
+            self._parked.append(
+                Job(
+                    half,
+                    job.batch_id + suffix,
+                    job.sent_at_ms,
+                    retry,
+                    due=now,
+                    last_chance=job.last_chance,
+                )
+            )
 
     # ------------------------------------------------------------ giving up
 
-    def _give_up(
-        self, batch: TakenBatch, batch_id: str, outcome: Outcome, *, at_shutdown: bool
-    ) -> None:
-        kind: type[DeliveryError]
-        if at_shutdown or outcome.kind == "cut_short":
-            counter, kind, why = "dropped_shutdown", ShutdownDropError, "shutdown deadline reached"
-        elif outcome.kind == "failed" and outcome.attempts > 1:
-            counter, kind, why = "dropped_delivery", DeliveryError, "retries exhausted"
-        else:
-            counter, kind, why = "dropped_delivery", DeliveryError, "not retried"
+    def _give_up(self, job: Job, answer: Answer, why: str) -> None:
+        at_shutdown = why == "shutdown deadline reached"
+        kind: type[DeliveryError] = ShutdownDropError if at_shutdown else DeliveryError
+        counter = "dropped_shutdown" if at_shutdown else "dropped_delivery"
+        attempts = job.retry.attempts + (0 if answer.kind == "cut_short" else 1)
         message = (
-            f"Batch {batch_id} dropped: {len(batch.texts)} events, {outcome.attempts} attempt(s), "
-            f"last problem: {outcome.problem} ({why})"
+            f"Batch {job.batch_id} dropped: {len(job.batch.texts)} events, {attempts} "
+            f"attempt(s), last problem: {answer.problem} ({why})"
         )
         # Shutdown drops are summed up once by shutdown itself (SPEC: "logged once").
-        level = logging.DEBUG if counter == "dropped_shutdown" else logging.ERROR
-        logger.log(level, "%s", message)
-        error = kind(message, batch_id=batch_id, attempts=outcome.attempts, status=outcome.status)
-        self._drop(batch, counter, error)
+        logger.log(logging.DEBUG if at_shutdown else logging.ERROR, "%s", message)
+        error = kind(message, batch_id=job.batch_id, attempts=attempts, status=answer.status)
+        self._drop(job.batch, counter, error)
 
     def _drop(self, batch: TakenBatch, counter: str, error: DeliveryError) -> None:
         if not self._pending.count(batch, counter, problem=str(error)):
@@ -207,7 +275,7 @@ class Worker:
         try:
             report_error(self._config, [json.loads(text) for text in batch.texts], error)
         finally:
-            self._pending.release(batch)
+            self._pending.release(batch, reported=True)
 
 
 def report_error(config: Config, events: list[dict[str, Any]], error: BaseException) -> None:

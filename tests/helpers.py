@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import campaign_cart_analytics as cca
 
@@ -22,3 +22,17 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+class Errors:
+    """An ``on_error`` that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[dict[str, Any]], BaseException]] = []
+
+    def __call__(self, events: list[dict[str, Any]], error: BaseException) -> None:
+        self.calls.append((events, error))
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [event for events, _ in self.calls for event in events]

@@ -121,6 +121,11 @@ class Receiver:
         with self._changed:
             return [e for request in self.requests if request.ok for e in request.events]
 
+    def delivered_in_tracking_order(self) -> list[dict[str, Any]]:
+        """Delivered events by the order they were tracked in (requests may overtake each
+        other): the counter in ``<session>_<n>_<ms>`` ids counts up in each process."""
+        return sorted(self.delivered_events(), key=lambda e: int(e["event_id"].split("_")[-2]))
+
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from helpers import assert_balanced
 from receiver import Receiver, Reply, refused_url
-from urllib3.response import HTTPResponse
 
 import campaign_cart_analytics as cca
 from campaign_cart_analytics.config import Config
-from campaign_cart_analytics.transport import DeliveryRetry, ShutdownClock, Transport
+from campaign_cart_analytics.retry import DeliveryRetry, retry_after_seconds
+from campaign_cart_analytics.shutdown_clock import ShutdownClock
+from campaign_cart_analytics.transport import Transport
 
 FAST_RETRIES = {"retry_delay_ms": 10, "max_retries": 3}
 
@@ -37,7 +38,7 @@ def test_any_2xx_is_success(make_client: Any, receiver: Receiver, status: int) -
     assert len(receiver.requests) == 1 and client.stats().delivered == 1
 
 
-@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+@pytest.mark.parametrize("status", [408, 500, 502, 504, 599])
 def test_retryable_statuses_are_retried_then_dropped(
     make_client: Any, receiver: Receiver, status: int
 ) -> None:
@@ -84,7 +85,7 @@ def test_the_retry_schedule_is_the_seeds(make_client: Any, receiver: Receiver) -
 
 
 def test_a_retried_batch_is_the_same_batch(make_client: Any, receiver: Receiver) -> None:
-    receiver.script(Reply(503), Reply(500))
+    receiver.script(Reply(502), Reply(500))
     client = make_client(**FAST_RETRIES)
     client.track("e")
     assert client.flush(timeout=5) is True
@@ -96,7 +97,7 @@ def test_a_retried_batch_is_the_same_batch(make_client: Any, receiver: Receiver)
 
 
 def test_max_retries_zero_sends_once(make_client: Any, receiver: Receiver) -> None:
-    receiver.respond = lambda request: Reply(503)
+    receiver.respond = lambda request: Reply(500)
     client = make_client(max_retries=0)
     client.track("e")
     assert client.flush(timeout=5) is False
@@ -140,28 +141,20 @@ def test_retry_after_is_honoured(make_client: Any, receiver: Receiver) -> None:
     assert second_wait < 0.2
 
 
-def test_retry_after_is_capped_at_60_seconds_and_only_read_on_429_and_503() -> None:
-    config = Config(endpoint="http://127.0.0.1/", retry_delay_ms=1000)
-    retry = DeliveryRetry.for_config(config)
-
-    def response(status: int, value: str) -> HTTPResponse:
-        return HTTPResponse(body=b"", headers={"Retry-After": value}, status=status)
-
-    assert retry.retry_after_seconds(response(503, "3600")) == 60
-    assert retry.retry_after_seconds(response(429, "7")) == 7
-    assert retry.retry_after_seconds(response(500, "7")) is None
-    assert retry.retry_after_seconds(response(413, "7")) is None
-    assert retry.retry_after_seconds(response(503, "soon")) is None  # falls back to the schedule
-    assert [retry.new(history=(None,) * k).get_backoff_time() for k in range(8)] == [
-        0,
-        1,
-        2,
-        4,
-        8,
-        16,
-        32,
-        60,
-    ]
+def test_retry_after_is_capped_at_60_seconds_and_the_schedule_is_the_seeds() -> None:
+    assert retry_after_seconds("3600") == 60
+    assert retry_after_seconds("7") == 7
+    assert retry_after_seconds("soon") is None  # falls back to the schedule
+    assert retry_after_seconds(None) is None
+    retry = DeliveryRetry.first(max_retries=10, retry_delay=1.0)
+    waits = []
+    for _ in range(8):
+        following = retry.next_attempt("http://127.0.0.1/", error=ConnectionError("down"))
+        assert following is not None
+        retry, wait = following
+        waits.append(wait)
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert DeliveryRetry.first(0, 1.0).next_attempt("http://x/", error=OSError()) is None
 
 
 def test_redirects_are_not_followed_and_name_the_location(
@@ -191,10 +184,11 @@ def test_413_splits_the_batch_until_it_fits(
         client.track("e", {"i": i})
     assert client.flush(timeout=5) is True
     accepted = [r for r in receiver.requests if r.ok]
-    assert [len(r.events) for r in receiver.requests] == [8, 4, 2, 2, 4, 2, 2]
-    assert [e["i"] for e in receiver.delivered_events()] == list(range(8))
-    ids = [r.json["batch_info"]["batch_id"] for r in accepted]
-    assert len(set(ids)) == 4 and ids[0].endswith("-1-1") and ids[3].endswith("-2-2")
+    assert sorted(len(r.events) for r in receiver.requests) == [2, 2, 2, 2, 4, 4, 8]
+    assert sorted(e["i"] for e in receiver.delivered_events()) == list(range(8))
+    ids = sorted(r.json["batch_info"]["batch_id"] for r in accepted)
+    assert len(set(ids)) == 4
+    assert [batch_id[-4:] for batch_id in ids] == ["-1-1", "-1-2", "-2-1", "-2-2"]
     stats = client.stats()
     assert (stats.delivered, stats.batches_sent, stats.retries) == (8, 4, 0)
     assert any("HTTP 413" in r.getMessage() for r in sdk_logs.records)
@@ -249,22 +243,22 @@ def test_a_failing_header_callable_drops_the_batch_without_leaking(
 def test_retries_are_logged_with_the_attempt(
     make_client: Any, receiver: Receiver, sdk_logs: pytest.LogCaptureFixture
 ) -> None:
-    receiver.script(Reply(503))
+    receiver.script(Reply(502))
     client = make_client(**FAST_RETRIES)
     client.track("e")
     assert client.flush(timeout=5)
     messages = [r.getMessage() for r in sdk_logs.records if r.name == "campaign_cart_analytics"]
-    assert any("retrying (attempt 2) after HTTP 503" in m for m in messages), messages
+    assert any("retrying (attempt 2) after HTTP 502" in m for m in messages), messages
 
 
-def test_one_retrying_adapter_serves_http_and_https() -> None:
-    config = Config(endpoint="https://api.example.com/analytics")
+def test_one_adapter_serves_http_and_https_and_retries_nothing_itself() -> None:
+    config = Config(endpoint="https://api.example.com/analytics", max_concurrent_requests=6)
     transport = Transport(config, ShutdownClock())
     session = transport._session
     https, http = session.get_adapter("https://x.example"), session.get_adapter("http://x.example")
     assert https is http
-    assert isinstance(https.max_retries, DeliveryRetry)
-    assert https.max_retries.total == 3 and https.max_retries.allowed_methods == {"POST"}
+    assert https.max_retries.total == 0  # the worker decides on retries (retry.py)
+    assert https._pool_maxsize == 6  # a kept-alive connection for each request in flight
     transport.close()
 
 
@@ -283,7 +277,7 @@ def test_cookies_the_endpoint_sets_are_sent_back(make_client: Any, receiver: Rec
 def test_a_batch_in_backoff_does_not_hold_back_the_next(
     make_client: Any, receiver: Receiver
 ) -> None:
-    receiver.respond = lambda request: Reply(503 if request.events[0]["event"] == "first" else 202)
+    receiver.respond = lambda request: Reply(500 if request.events[0]["event"] == "first" else 202)
     client = make_client(batch_size=1, retry_delay_ms=300, max_retries=1)
     client.track("first")  # fails, waits 300 ms for its retry
     assert receiver.wait_for_requests(1, timeout=2)

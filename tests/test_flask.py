@@ -51,7 +51,7 @@ def test_requests_carry_session_and_attribution(flask_app: Any, receiver: Receiv
     browser.get("/track?own=1&utm_medium=email")
     client = flask_app.extensions["campaign_cart_analytics"]
     assert client.flush(timeout=5)
-    first, second = receiver.delivered_events()
+    first, second = receiver.delivered_in_tracking_order()
     assert first["attribution"] == {"source": "google", "medium": "cpc", "campaign": "summer_sale"}
     assert second["attribution"] == {"source": "newsletter", "medium": "email"}  # own value wins
     session_id = first["user_properties"]["session_id"]
@@ -91,7 +91,7 @@ def test_the_context_does_not_leak_between_requests(flask_app: Any, receiver: Re
     client = flask_app.extensions["campaign_cart_analytics"]
     client.track("outside any request")
     assert client.flush(timeout=5)
-    inside, outside = receiver.delivered_events()
+    inside, outside = receiver.delivered_in_tracking_order()
     assert inside["attribution"] == {"source": "first"}
     assert "attribution" not in outside and "user_properties" not in outside
 

@@ -14,7 +14,7 @@ from receiver import Receiver, Reply
 
 import campaign_cart_analytics as cca
 from campaign_cart_analytics import client as client_module
-from campaign_cart_analytics import worker as worker_module
+from campaign_cart_analytics import senders as senders_module
 
 
 def test_sixteen_threads_lose_and_duplicate_nothing(make_client: Any, receiver: Receiver) -> None:
@@ -62,7 +62,7 @@ def test_an_unexpected_error_in_the_worker_is_logged_and_it_goes_on(
     sdk_logs: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real_batch_body = worker_module.batch_body
+    real_batch_body = senders_module.batch_body
     calls = {"n": 0}
 
     def buggy_batch_body(*args: Any) -> bytes:
@@ -71,7 +71,7 @@ def test_an_unexpected_error_in_the_worker_is_logged_and_it_goes_on(
             raise KeyError("a bug of ours")
         return real_batch_body(*args)
 
-    monkeypatch.setattr(worker_module, "batch_body", buggy_batch_body)
+    monkeypatch.setattr(senders_module, "batch_body", buggy_batch_body)
     reported: list[BaseException] = []
     client = make_client(batch_size=1, on_error=lambda events, error: reported.append(error))
     client.track("lost_to_the_bug")
@@ -83,8 +83,7 @@ def test_an_unexpected_error_in_the_worker_is_logged_and_it_goes_on(
     assert (stats.dropped_delivery, stats.delivered) == (1, 1)
     assert "internal error KeyError" in str(reported[0])
     assert any(
-        "Unexpected error while delivering" in r.getMessage() and r.exc_info
-        for r in sdk_logs.records
+        "Unexpected error while sending" in r.getMessage() and r.exc_info for r in sdk_logs.records
     )
 
 
@@ -94,13 +93,13 @@ def test_a_dead_thread_is_restarted_by_the_next_track(
 ) -> None:
     client = make_client(batch_size=1)
     pending = client._state.pending
-    real_take_batch = pending.take_batch
+    real_take_ready = pending.take_ready
 
-    def take_batch_then_die(**_: Any) -> Any:
-        pending.take_batch = real_take_batch
+    def take_ready_then_die() -> Any:
+        pending.take_ready = real_take_ready  # type: ignore[method-assign]
         raise SystemExit  # ends the thread, as nothing in its loop should
 
-    pending.take_batch = take_batch_then_die  # type: ignore[method-assign]
+    pending.take_ready = take_ready_then_die  # type: ignore[method-assign]
 
     client.track("first")  # starts the thread, which dies at once
     assert wait_until(lambda: not client._state.thread.is_alive())
@@ -114,13 +113,13 @@ def test_a_dead_thread_is_restarted_by_the_next_track(
 def test_flush_restarts_a_dead_thread_too(make_client: Any, receiver: Receiver) -> None:
     client = make_client(batch_interval_ms=60_000)
     pending = client._state.pending
-    real_take_batch = pending.take_batch
+    real_take_ready = pending.take_ready
 
-    def die(**_: Any) -> Any:
-        pending.take_batch = real_take_batch
+    def die() -> Any:
+        pending.take_ready = real_take_ready  # type: ignore[method-assign]
         raise SystemExit
 
-    pending.take_batch = die  # type: ignore[method-assign]
+    pending.take_ready = die  # type: ignore[method-assign]
 
     client.track("queued")
     assert wait_until(lambda: not client._state.thread.is_alive())

@@ -103,11 +103,14 @@ def _close_all(inputs: list[_Input]) -> None:
 def _lines(inputs: list[_Input]) -> Iterator[tuple[str, int, bytes]]:
     """Each input's non-blank lines, numbered; a UTF-8 BOM opening an input is dropped."""
     for name, file, _ in inputs:
-        for number, line in enumerate(file, 1):
-            if number == 1 and line.startswith(codecs.BOM_UTF8):
-                line = line[len(codecs.BOM_UTF8) :]
-            if line.strip():
-                yield name, number, line
+        try:
+            for number, line in enumerate(file, 1):
+                if number == 1 and line.startswith(codecs.BOM_UTF8):
+                    line = line[len(codecs.BOM_UTF8) :]
+                if line.strip():
+                    yield name, number, line
+        except OSError as exc:  # a device, a file removed under us: one line, not a traceback
+            raise CommandError(f"cannot read {name}: {exc.strerror or exc}") from None
 
 
 def _parse(line: bytes) -> tuple[str, dict[str, Any]]:

@@ -242,7 +242,8 @@ class ReceiverApp:
                 if "events_processed" in body
                 else ""
             )
-            self._log(f"{method} {path} {status} {detail}".rstrip())
+            line = f"{method} {path} {status} {detail}".rstrip()
+            self._log(_printable(line))  # a request path must not write escapes or lines
         payload = b"" if status == 204 else json.dumps(body).encode()
         headers = [*headers, ("Content-Length", str(len(payload)))]
         if payload:
@@ -261,6 +262,10 @@ class ReceiverApp:
         if path in ("/events", "/stats"):
             if method != "GET":
                 return _error(405, f"{method} is not allowed here", [("Allow", "GET")])
+            try:
+                self._check_token(environ)  # what was stored is as private as what is sent
+            except _Refusal as refusal:
+                return refusal.reply
             if path == "/stats":
                 return 200, self.store.stats(), []
             return self._list_events(environ.get("QUERY_STRING", ""))
@@ -342,6 +347,11 @@ class ReceiverApp:
             return _error(400, f"limit must be a whole number from 0 to {MAX_LIST_LIMIT}")
         event = query.get("event", [None])[0]
         return 200, {"events": self.store.events(limit=int(given), event=event)}, []
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (escapes, line breaks) shown as ``\\xNN``."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _error(status: int, message: str, headers: Optional[list[tuple[str, str]]] = None) -> Reply:

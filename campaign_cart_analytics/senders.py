@@ -1,0 +1,94 @@
+"""Sender threads: up to ``max_concurrent_requests`` batches in flight at once.
+
+The worker decides what goes out and when; a sender only makes the one
+attempt it is handed (``Transport.post``) and hands the ``Answer`` back
+through ``on_answer``. Threads start as they are needed, never more than
+``size``, and never fewer than the jobs handed out and not answered, so a
+due batch never waits behind a slow request while a slot is free. They
+share the transport's session and its pool of kept-alive connections.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Optional
+
+import attrs
+
+from ._logging import logger
+from ._threads import mark_as_delivery_thread
+from .events import batch_body
+from .pending import TakenBatch
+from .retry import DeliveryRetry
+from .transport import Answer, Transport
+
+
+@attrs.define(eq=False)
+class Job:
+    """A batch on its way: what it takes to (re)send it and to judge the answer."""
+
+    batch: TakenBatch
+    batch_id: str
+    sent_at_ms: int  # with the texts and the id, rebuilds the body byte for byte
+    retry: DeliveryRetry
+    due: float = 0.0  # when it may go out (again)
+    waiting_since: float = 0.0
+    problem: str = ""  # why it waits: the last failure, or the overload
+    is_retry: bool = False  # its next attempt counts as a retry (a pause does not)
+    last_chance: bool = False  # a shutdown's deadline: whatever happens, no further attempt
+
+
+class SenderPool:
+    def __init__(
+        self, transport: Transport, size: int, on_answer: Callable[[Job, Answer], None]
+    ) -> None:
+        self._transport = transport
+        self._size = size
+        self._on_answer = on_answer
+        self._jobs: queue.SimpleQueue[Optional[Job]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._unanswered = 0
+
+    def submit(self, job: Job) -> None:
+        """Send ``job`` on a free sender thread (the caller keeps within ``size``)."""
+        with self._lock:
+            self._unanswered += 1
+            if self._unanswered > len(self._threads) and len(self._threads) < self._size:
+                thread = threading.Thread(
+                    target=self._serve, name="campaign-cart-analytics-sender", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        """Let every sender thread end once the jobs before this are answered."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._jobs.put(None)
+
+    def _serve(self) -> None:
+        mark_as_delivery_thread()
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            answer = self._post(job)
+            with self._lock:
+                self._unanswered -= 1
+            try:
+                self._on_answer(job, answer)
+            except Exception:  # pragma: no cover - on_answer only queues
+                logger.exception("Unexpected error handing back batch %s", job.batch_id)
+
+    def _post(self, job: Job) -> Answer:
+        try:
+            body = batch_body(job.batch.texts, job.batch_id, job.sent_at_ms)
+            return self._transport.post(body, job.batch_id)
+        except BaseException as exc:  # a bug of ours, or SystemExit from a header callable:
+            # the batch is answered (never orphaned) and the thread goes on
+            logger.exception("Unexpected error while sending batch %s", job.batch_id)
+            return Answer("fatal", problem=f"internal error {type(exc).__name__}")
