@@ -1,7 +1,7 @@
 """This SDK against Segment's analytics-python, side by side, in one run.
 
     pip install -e '.[bench]'
-    python benchmarks/compare.py [--runs 3] [--scenarios deliver,memory,exit,flaky]
+    python benchmarks/compare.py [--runs 3] [--scenarios deliver,remote,ratelimited,...]
 
 Every measurement is a fresh process (``run.py``) against a fresh sink
 (``sink.py``, its own process), the two SDKs alternating run by run so that
@@ -52,10 +52,12 @@ def refused_url() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}/analytics"
 
 
-def run(scenario: str, sdk: str, url: str, timeout: float = 600) -> tuple[dict[str, Any], float]:
+def run(
+    scenario: str, sdk: str, url: str, timeout: float = 600, *flags: str
+) -> tuple[dict[str, Any], float]:
     """One run.py process; its JSON result and when it exited (None fields if it was killed)."""
     process = subprocess.Popen(
-        [sys.executable, str(HERE / "run.py"), scenario, "--sdk", sdk, "--url", url],
+        [sys.executable, str(HERE / "run.py"), scenario, "--sdk", sdk, "--url", url, *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # Segment logs every failed upload there
         text=True,
@@ -119,7 +121,44 @@ def measure(scenario: str, sdk: str, run_number: int) -> dict[str, Optional[floa
             "30% HTTP 500: delivered of 10,000": counts["distinct"],
             "30% HTTP 500: duplicates": counts["events"] - counts["distinct"],
         }
+    if scenario == "remote":
+        row = {"50 ms endpoint: events/s, defaults": _remote(sdk)}
+        row["50 ms endpoint: events/s, max_concurrent_requests=16"] = (
+            _remote(sdk, "--concurrency", "16") if sdk == "ours" else None
+        )
+        return row
+    if scenario == "ratelimited":
+        sink = Sink("--rate", str(LIMIT_PER_S), "--count-ids")
+        try:
+            result, _ = run("ratelimited", sdk, sink.url)
+            counts = sink.counts()
+        finally:
+            sink.close()
+        return {
+            f"limiter at {LIMIT_PER_S}/s: delivered of 2,000": counts["distinct"],
+            f"limiter at {LIMIT_PER_S}/s: duplicates": counts["events"] - counts["distinct"],
+            f"limiter at {LIMIT_PER_S}/s: drained after (s)": result["drain_s"],
+            f"limiter at {LIMIT_PER_S}/s: requests refused (%)": 100
+            * counts["refused"]
+            / max(1, counts["requests"]),
+            f"limiter at {LIMIT_PER_S}/s: refused after the first second (%)": 100
+            * counts["refused_after_1s"],
+        }
     raise ValueError(scenario)
+
+
+#: The rate limiter of the ``ratelimited`` scenario, requests a second.
+LIMIT_PER_S = 50
+
+
+def _remote(sdk: str, *flags: str) -> float:
+    sink = Sink("--delay-ms", "50")
+    try:
+        result, _ = run("remote", sdk, sink.url, 600, *flags)
+        assert sink.counts()["events"] >= 5000, "not everything arrived"
+    finally:
+        sink.close()
+    return float(result["events_per_s"])
 
 
 def fmt(value: Optional[float]) -> str:
@@ -135,7 +174,7 @@ def fmt(value: Optional[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--scenarios", default="deliver,memory,exit,flaky")
+    parser.add_argument("--scenarios", default="deliver,memory,exit,flaky,remote,ratelimited")
     args = parser.parse_args()
     table: dict[str, dict[str, list[float]]] = {}
     for scenario in args.scenarios.split(","):
@@ -151,10 +190,15 @@ def main() -> int:
     print("| metric | ours | Segment | Segment / ours |")
     print("|---|---:|---:|---:|")
     for metric, by_sdk in table.items():
-        ours, segment = (statistics.median(by_sdk[sdk]) for sdk in SDKS)
-        ratio = segment / ours if ours and segment != float("inf") else None
+        ours, segment = (_median(by_sdk[sdk]) for sdk in SDKS)
+        ratio = segment / ours if ours and segment and segment != float("inf") else None
         print(f"| {metric} | {fmt(ours)} | {fmt(segment)} | {fmt(ratio) if ratio else '-'} |")
     return 0
+
+
+def _median(values: list[Optional[float]]) -> Optional[float]:
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
 
 
 def _segment_version() -> str:

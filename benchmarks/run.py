@@ -15,6 +15,12 @@ With no ``--url`` it starts ``sink.py`` itself. Scenarios:
   the last ``track()`` so the caller can time the exit.
 - ``flaky``: 10,000 events to an endpoint failing 30% of requests with 500,
   ``retry_delay_ms=100``; reports seconds from ``flush()`` to drained.
+- ``remote``: 5,000 events to an endpoint answering every POST after 50 ms
+  (``sink.py --delay-ms 50``); reports delivered events/s, first track to
+  flush returning. ``--concurrency N`` sets our ``max_concurrent_requests``.
+- ``ratelimited``: 2,000 events in batches of 10 to a limiter refusing all
+  beyond N requests a second (``sink.py --rate N``); reports seconds to
+  drained; the sink counts what was delivered and refused.
 
 Batches are 100 events for both SDKs (Segment's default upload size).
 """
@@ -62,12 +68,12 @@ def add_to_cart(n: int) -> dict[str, Any]:
 class SDK:
     """The calls a scenario makes, for either SDK."""
 
-    def __init__(self, name: str, url: str, **options: Any) -> None:
+    def __init__(self, name: str, url: str, batch_size: int = 100, **options: Any) -> None:
         self.name = name
         if name == "ours":
             import campaign_cart_analytics as cca
 
-            client = cca.Analytics(url, batch_size=100, **options)
+            client = cca.Analytics(url, batch_size=batch_size, **options)
             self.track: Callable[[dict[str, Any]], Any] = lambda properties: client.track(
                 "dl_add_to_cart", properties
             )
@@ -79,7 +85,7 @@ class SDK:
             client = Client(
                 "benchmark-write-key",
                 host=url.rsplit("/", 1)[0],
-                upload_size=100,
+                upload_size=batch_size,
                 **segment_options,
             )
             self.track = lambda properties: client.track(
@@ -145,8 +151,38 @@ def flaky(sdk_name: str, url: str, events: int) -> dict[str, Any]:
     return {"drain_s": time.perf_counter() - started}
 
 
-SCENARIOS = {"deliver": deliver, "memory": memory, "exit": exit_without_flush, "flaky": flaky}
-DEFAULT_EVENTS = {"deliver": 50_000, "memory": 200_000, "exit": 1_000, "flaky": 10_000}
+def remote(sdk_name: str, url: str, events: int, concurrency: int = 0) -> dict[str, Any]:
+    options = {"max_concurrent_requests": concurrency} if concurrency else {}
+    sdk = SDK(sdk_name, url, max_queue_size=max(10_000, events), **options)
+    started = time.perf_counter()
+    for n in range(events):
+        sdk.track(add_to_cart(n))
+    sdk.flush()
+    return {"events_per_s": events / (time.perf_counter() - started)}
+
+
+def rate_limited(sdk_name: str, url: str, events: int, concurrency: int = 0) -> dict[str, Any]:
+    options = {"max_concurrent_requests": concurrency} if concurrency else {}
+    sdk = SDK(sdk_name, url, batch_size=10, max_queue_size=max(10_000, events), **options)
+    started = time.perf_counter()
+    for n in range(events):
+        sdk.track(add_to_cart(n))
+    sdk.flush()
+    return {"drain_s": time.perf_counter() - started}
+
+
+SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
+    "deliver": deliver,
+    "memory": memory,
+    "exit": exit_without_flush,
+    "flaky": flaky,
+    "remote": remote,
+    "ratelimited": rate_limited,
+}
+DEFAULT_EVENTS = {
+    "deliver": 50_000, "memory": 200_000, "exit": 1_000, "flaky": 10_000,
+    "remote": 5_000, "ratelimited": 2_000,
+}  # fmt: skip
 
 
 def main() -> int:
@@ -155,6 +191,7 @@ def main() -> int:
     parser.add_argument("--sdk", choices=["ours", "segment"], default="ours")
     parser.add_argument("--url", help="endpoint; by default a sink.py started for this run")
     parser.add_argument("--events", type=int)
+    parser.add_argument("--concurrency", type=int, default=0, help="our max_concurrent_requests")
     args = parser.parse_args()
     events = args.events or DEFAULT_EVENTS[args.scenario]
     sink = None
@@ -164,7 +201,10 @@ def main() -> int:
         assert sink.stdout is not None
         url = f"http://127.0.0.1:{sink.stdout.readline().split()[1]}/analytics"
     try:
-        result = SCENARIOS[args.scenario](args.sdk, url, events)
+        extra = (
+            {"concurrency": args.concurrency} if args.scenario in ("remote", "ratelimited") else {}
+        )
+        result = SCENARIOS[args.scenario](args.sdk, url, events, **extra)
     finally:
         if sink is not None:
             sink.kill()

@@ -42,6 +42,7 @@ class OverloadGate:
         self._probing = False
         self._rate: Optional[float] = None  # request starts a second; None: not paced
         self._last_start = -math.inf
+        self._overloaded_at = -math.inf  # answers to requests started before say nothing new
         self._starts: collections.deque[float] = collections.deque()  # the last second's
 
     @property
@@ -71,7 +72,10 @@ class OverloadGate:
         while self._starts and self._starts[0] < now - 1.0:
             self._starts.popleft()
 
-    def succeeded(self) -> None:
+    def succeeded(self, started_at: float) -> None:
+        """A request started at ``started_at`` was answered 2xx."""
+        if started_at < self._overloaded_at:
+            return  # it went out before the overload: it proves nothing about now
         self._probing = False
         self._limit = min(float(self._max), self._limit + 1.0)
         if self._rate is not None:
@@ -79,10 +83,16 @@ class OverloadGate:
             if self._rate >= UNPACED_RATE:
                 self._rate = None
 
-    def overloaded(self, now: float, pause: float) -> None:
-        """An overload answer: pause for ``pause`` seconds, then probe, at half the pace."""
+    def overloaded(self, now: float, pause: float, started_at: float) -> None:
+        """An overload answer: pause for ``pause`` seconds, then probe, at half the pace.
+
+        Answers to requests that were in flight together count as one overload.
+        """
         self._paused_until = max(self._paused_until, now + pause)
         self._probing = True
+        if started_at < self._overloaded_at:
+            return
+        self._overloaded_at = now
         self._limit = max(1.0, self._limit / 2)
         measured = self._measured_rate(now)
         if measured is None:  # a lone request: the pause and the probe are pace enough

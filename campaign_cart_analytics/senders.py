@@ -33,6 +33,7 @@ class Job:
     sent_at_ms: int  # with the texts and the id, rebuilds the body byte for byte
     retry: DeliveryRetry
     due: float = 0.0  # when it may go out (again)
+    started_at: float = 0.0  # when its last attempt went out
     waiting_since: float = 0.0
     problem: str = ""  # why it waits: the last failure, or the overload
     is_retry: bool = False  # its next attempt counts as a retry (a pause does not)

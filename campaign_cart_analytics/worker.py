@@ -144,6 +144,7 @@ class Worker:
                 "; last attempt before shutdown" if job.last_chance else "",
             )  # fmt: skip
         self._in_flight += 1
+        job.started_at = now
         self._gate.started(now)
         self._senders.submit(job)
 
@@ -182,7 +183,7 @@ class Worker:
     def _judge(self, job: Job, answer: Answer) -> None:
         now = time.monotonic()
         if answer.kind == "delivered":
-            self._gate.succeeded()
+            self._gate.succeeded(job.started_at)
             self._pending.settle(job.batch, "delivered")
             logger.debug(
                 "Batch %s delivered: %d events, HTTP %s, %d attempt(s)",
@@ -213,7 +214,7 @@ class Worker:
     def _pause(self, job: Job, answer: Answer, now: float) -> None:
         pause = job.retry.wait_if_counted() if answer.retry_after is None else answer.retry_after
         pause = max(pause, MIN_PAUSE)
-        self._gate.overloaded(now, pause)
+        self._gate.overloaded(now, pause, job.started_at)
         self._overload_log.log(
             logging.WARNING,
             "The endpoint is overloaded (%s): all sending pauses for %.3g s, then resumes "

@@ -427,7 +427,8 @@ def test_check_passes_against_the_reference_receiver(running: Any) -> None:
             Reply(301, headers={"Location": "https://api.example/v2/analytics?key=abc"}),
             "redirects to https://api.example/v2/analytics?key=***",
         ),
-        (Reply(503), "the endpoint failed; the SDK would retry"),
+        (Reply(502), "the endpoint failed; the SDK would retry"),
+        (Reply(503), "overloaded or rate-limited; the SDK would pause"),
         (Reply(400, body=b"schema mismatch"), "rejected: schema mismatch"),
     ],
 )

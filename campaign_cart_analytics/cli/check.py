@@ -11,6 +11,7 @@ endpoint accepts batches.
 from __future__ import annotations
 
 import argparse
+import gzip
 import time
 import uuid
 
@@ -29,6 +30,9 @@ TIMEOUT_S = 10.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", required=True)
     add_header_argument(parser)
+    parser.add_argument(
+        "--compression", choices=["gzip"], help="send the batch gzip-compressed, as the SDK would"
+    )
 
 
 def explain(status: int, location: str, body: str) -> tuple[bool, str]:
@@ -50,7 +54,12 @@ def explain(status: int, location: str, body: str) -> tuple[bool, str]:
     }
     if status in hints:
         return False, f"HTTP {status}: {hints[status]}"
-    if status >= 500 or status in (408, 429):
+    if status in (429, 503):
+        return False, (
+            f"HTTP {status}: the endpoint is overloaded or rate-limited; the SDK would pause "
+            "all sending until its Retry-After, then resume one request at a time"
+        )
+    if status >= 500 or status == 408:
         return False, f"HTTP {status}: the endpoint failed; the SDK would retry: check its logs"
     return False, f"HTTP {status}: rejected: {body[:200] or '(empty body)'}"
 
@@ -92,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     headers = parse_headers(args.header)
     shown = redact_url(endpoint)
     body = batch_body([], f"b_check_{uuid.uuid4().hex}", time.time_ns() // 1_000_000)
+    if args.compression == "gzip":
+        body = gzip.compress(body)
+        headers["Content-Encoding"] = "gzip"
     session = requests.Session()
     session.headers.update({"User-Agent": USER_AGENT, "Content-Type": "application/json"})
     started = time.perf_counter()

@@ -16,12 +16,16 @@ import codecs
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import IO, Any, Optional
 
 from ..client import Analytics
 from ..config import normalize_settings
 from ._common import CommandError, add_header_argument, parse_headers
+
+#: Seconds between looks at the queue while a backfill waits for the endpoint.
+BACKPRESSURE_POLL = 0.005
 
 NAME = "send"
 HELP = "send events from JSON Lines files or standard input"
@@ -34,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-retries", type=int)
     parser.add_argument("--retry-delay-ms", type=int)
+    parser.add_argument(
+        "--max-concurrent-requests", type=int, help="requests in flight at once (default 4)"
+    )
+    parser.add_argument("--compression", choices=["gzip"], help="gzip each batch's body")
     parser.add_argument("--config", help="settings.json with client options, in either spelling")
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed line")
 
@@ -56,6 +64,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "max_retries": args.max_retries,
         "retry_delay_ms": args.retry_delay_ms,
+        "max_concurrent_requests": args.max_concurrent_requests,
+        "compression": args.compression,
     }
     settings.update({name: value for name, value in flags.items() if value is not None})
     if args.header:
@@ -167,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     invalid = 0
     stopped = False
     progress = _progress()
-    backpressure_at = client.config.max_queue_size // 2
+    backpressure_at = max(client.config.max_queue_size // 2, client.config.batch_size)
     try:
         for name, number, line in _lines(inputs):
             try:
@@ -181,8 +191,10 @@ def run(args: argparse.Namespace) -> int:
                     break
                 continue
             progress.update(1)
-            if client.stats().queued >= backpressure_at:
-                client.flush()  # a backfill waits for the endpoint rather than overflow the queue
+            # A backfill waits for the endpoint rather than overflow the queue, keeping
+            # the senders busy: down to half, not to empty.
+            while client.stats().queued >= backpressure_at:
+                time.sleep(BACKPRESSURE_POLL)
         client.flush()
     finally:
         progress.close()
