@@ -11,23 +11,19 @@ logged, counted in ``stats()`` and reported to ``on_error``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import inspect
 import json
 import logging
 import os
-import sys
 import threading
 import time
-from collections.abc import Awaitable, Mapping
-from contextlib import AbstractContextManager, ContextDecorator
-from typing import Any, Callable, Optional, TypeVar, Union
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import Any, Optional, Union
 
 from . import _lifecycle
 from ._logging import RateLimitedLog, logger
 from ._threads import in_delivery_thread
+from ._uwsgi import warn_if_threads_cannot_run
 from .config import (
     Config,
     ErrorCallback,
@@ -47,6 +43,7 @@ from .events import (
     envelope_problem,
     find_unencodable,
 )
+from .flushing import Flushing, in_thread
 from .pending import PendingEvents
 from .shutdown_clock import ShutdownClock
 from .stats import Stats
@@ -383,7 +380,7 @@ class Analytics:
 
     async def flush_async(self, timeout: Optional[float] = None) -> bool:
         """``flush(timeout)`` from a coroutine, waiting in a thread so the event loop runs on."""
-        return await _in_thread(self.flush, timeout)
+        return await in_thread(self.flush, timeout)
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
         """Flush, then stop the background thread; idempotent.
@@ -409,7 +406,7 @@ class Analytics:
 
     async def shutdown_async(self, timeout: Optional[float] = None) -> bool:
         """``shutdown(timeout)`` from a coroutine, waiting in a thread so the event loop runs on."""
-        return await _in_thread(self.shutdown, timeout)
+        return await in_thread(self.shutdown, timeout)
 
     def _begin_shutdown(self, *, waits_until: float, gives_up_at: Optional[float]) -> None:
         self._shut_down = True
@@ -467,109 +464,6 @@ class Analytics:
         self._warned_closed = False
         if self._shut_down:
             self._state.pending.close()
-
-
-_Function = TypeVar("_Function", bound=Callable[..., Any])
-
-
-class Flushing(ContextDecorator):
-    """``Analytics.flushing(timeout)``: flush at the end of a block or decorated function.
-
-    On an ``async def`` function the flush runs after the coroutine finished,
-    in a thread, so the event loop is not blocked; ``async with`` works too.
-    """
-
-    def __init__(self, client: Analytics, timeout: Optional[float]) -> None:
-        self._client = client
-        self._timeout = timeout
-        self.delivered: Optional[bool] = None  # set when the block ends
-
-    def __call__(self, func: _Function) -> _Function:
-        if not inspect.iscoroutinefunction(func):
-            return super().__call__(func)
-
-        @functools.wraps(func)
-        async def flushed_after(*args: Any, **kwargs: Any) -> Any:
-            async with self:
-                return await func(*args, **kwargs)
-
-        return flushed_after  # type: ignore[return-value]
-
-    def __enter__(self) -> Flushing:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._report(self._client.flush(self._timeout))
-
-    async def __aenter__(self) -> Flushing:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._report(await self._client.flush_async(self._timeout))
-
-    def _report(self, delivered: bool) -> None:
-        self.delivered = delivered
-        if not delivered:
-            logger.warning(
-                "flush at the end of the handler did not deliver everything: %s",
-                self._client.stats(),
-            )
-
-
-_Result = TypeVar("_Result")
-
-
-def _in_thread(function: Callable[..., _Result], *args: Any) -> Awaitable[_Result]:
-    """``function(*args)`` on a daemon thread of its own, awaited without blocking the loop.
-
-    Not the loop's default executor: a cancelled wait must not keep
-    ``asyncio.run()`` from returning until the flush has ended.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[_Result] = loop.create_future()
-
-    def settle(result: Any, error: Optional[BaseException]) -> None:
-        if future.cancelled():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def run() -> None:
-        try:
-            outcome: tuple[Any, Optional[BaseException]] = (function(*args), None)
-        except BaseException as exc:
-            outcome = (None, exc)
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-            loop.call_soon_threadsafe(settle, *outcome)
-
-    threading.Thread(target=run, name="campaign-cart-analytics-flush", daemon=True).start()
-    return future
-
-
-def warn_if_threads_cannot_run() -> None:
-    """Under uWSGI without ``enable-threads`` the delivery thread never runs: say so, once."""
-    global _warned_about_uwsgi
-    uwsgi = sys.modules.get("uwsgi")
-    if uwsgi is None or _warned_about_uwsgi:
-        return
-    options = getattr(uwsgi, "opt", {})
-
-    def option(name: str) -> Any:
-        return options.get(name, options.get(name.encode()))
-
-    threads = option("threads")
-    enabled = option("enable-threads") or (threads is not None and int(threads) > 1)
-    if not enabled:
-        _warned_about_uwsgi = True
-        logger.warning(
-            "uWSGI is running without threads: campaign_cart_analytics cannot deliver "
-            "events in the background. Start uWSGI with --enable-threads (or --threads N)."
-        )
-
-
-_warned_about_uwsgi = False
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:

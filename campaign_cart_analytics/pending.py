@@ -94,6 +94,7 @@ class PendingEvents:
         self._flush_through = 0
         self._closing = False
         self._interrupts = 0  # bumped to make a waiting worker return and re-plan
+        self._worker_wants_batch = False  # waiting for a batch: put() may wake it
         self._waiters: list[_FlushWaiter] = []
         self._reporting = 0  # batches counted as dropped whose on_error call has not returned
         self._losses = 0  # events lost so far
@@ -120,9 +121,9 @@ class PendingEvents:
             self._items.append((text, time.monotonic()))
             self._last_seq += 1
             self._counts["queued"] += 1
-            # Wake the worker only when its plan changes: a batch's first event
-            # starts the interval, a full batch is due now.
-            if size == 0 or size + 1 == self._batch_size:
+            # Wake the worker only when its plan changes (a batch's first event starts
+            # the interval, a full batch is due now), and only if it has a slot to send it.
+            if self._worker_wants_batch and (size == 0 or size + 1 == self._batch_size):
                 self._work_ready.notify()
             return None
 
@@ -154,6 +155,7 @@ class PendingEvents:
         ``for_batch``, until a batch is due; return at once if one already is."""
         with self._work_ready:
             interrupts = self._interrupts
+            self._worker_wants_batch = for_batch
             while self._interrupts == interrupts:
                 now = time.monotonic()
                 wake_at = until

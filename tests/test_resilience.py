@@ -13,7 +13,7 @@ from helpers import assert_balanced, wait_until
 from receiver import Receiver, Reply
 
 import campaign_cart_analytics as cca
-from campaign_cart_analytics import client as client_module
+from campaign_cart_analytics import _uwsgi as uwsgi_module
 from campaign_cart_analytics import senders as senders_module
 
 
@@ -138,7 +138,7 @@ def test_uwsgi_without_threads_is_warned_about_once(
     warned: bool,
 ) -> None:
     monkeypatch.setitem(sys.modules, "uwsgi", types.SimpleNamespace(opt=options))
-    monkeypatch.setattr(client_module, "_warned_about_uwsgi", False)
+    monkeypatch.setattr(uwsgi_module, "_warned_about_uwsgi", False)
     cca.Analytics("http://127.0.0.1:9/analytics")
     cca.Analytics("http://127.0.0.1:9/analytics")
     warnings = [r for r in sdk_logs.records if "--enable-threads" in r.getMessage()]
