@@ -443,6 +443,7 @@ class Analytics:
         thread = state.thread
         if thread is not None:
             thread.join(_remaining(gives_up_at))
+        state.transport.stop_sending()  # ends its watchdog thread too: no thread outlives this
         if thread is None or not thread.is_alive():
             state.transport.close()
         _lifecycle.stopped(self)

@@ -230,3 +230,16 @@ def test_send_reports_a_read_error_in_one_line(receiver: Receiver) -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and "cannot read /proc/self/mem" in result.stderr
+
+
+def test_clients_leave_no_threads_behind(receiver: Receiver) -> None:
+    before = threading.active_count()
+    for _ in range(5):
+        client = cca.Analytics(receiver.url, max_concurrent_requests=4, batch_size=1)
+        for n in range(8):
+            client.track("e", {"n": n})
+        assert client.shutdown(timeout=5) is True
+    deadline = time.monotonic() + 2
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert threading.active_count() == before, [t.name for t in threading.enumerate()]
