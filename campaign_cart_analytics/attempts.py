@@ -105,10 +105,15 @@ class AttemptGuard:
     def _start_watchdog(self) -> None:
         if self._watchdog is not None:
             return
-        self._watchdog = threading.Thread(
+        watchdog = threading.Thread(
             target=self._watch, name="campaign-cart-analytics-deadlines", daemon=True
         )
-        self._watchdog.start()
+        try:
+            watchdog.start()
+        except RuntimeError:  # interpreter shutdown: socket timeouts still bound each read
+            logger.debug("No deadline thread could be started", exc_info=True)
+            return
+        self._watchdog = watchdog
 
     def _watch(self) -> None:
         with self._changed:

@@ -13,8 +13,8 @@ to slow down. ``OverloadGate`` decides when the next request may start:
 - **pace**: a rate limiter refuses a burst whatever the concurrency (nginx
   ``limit_req`` without ``burst``), so after an overload request starts are
   also spaced out: the rate halves at each overload, from the rate measured
-  over the last second, and grows by one request a second after each
-  success, until it no longer binds.
+  over the last second, and grows after each success (by one request a
+  second, or 5% when faster), until it no longer binds.
 
 A client starts with every slot open and no pacing; only an overload signal
 narrows them. Other failures (500, 502, 504, network) change nothing here.
@@ -54,15 +54,15 @@ class OverloadGate:
     def paused_until(self) -> float:
         return self._paused_until
 
-    def opens_at(self, in_flight: int, now: float, *, waits: bool = True) -> Optional[float]:
+    def opens_at(
+        self, in_flight: int, now: float, *, pause: bool = True, pace: bool = True
+    ) -> Optional[float]:
         """When the next request may start (``now`` or later), or None while every slot
-        is taken. ``waits=False`` (a shutdown running out of time) skips pause and pace."""
+        is taken. A shutdown running out of time passes ``pause=False``/``pace=False``."""
         if in_flight >= self.limit:
             return None
-        if not waits:
-            return now
-        opens = max(now, self._paused_until)
-        if self._rate is not None:
+        opens = max(now, self._paused_until) if pause else now
+        if pace and self._rate is not None:
             opens = max(opens, self._last_start + 1.0 / self._rate)
         return opens
 
@@ -79,7 +79,9 @@ class OverloadGate:
         self._probing = False
         self._limit = min(float(self._max), self._limit + 1.0)
         if self._rate is not None:
-            self._rate += 1.0
+            # +1 a second at a slow pace, +5% at a fast one: an endpoint that has recovered
+            # gets its full rate back within seconds, not minutes.
+            self._rate += max(1.0, self._rate * 0.05)
             if self._rate >= UNPACED_RATE:
                 self._rate = None
 

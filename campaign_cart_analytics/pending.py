@@ -150,13 +150,20 @@ class PendingEvents:
             self._head_seq += count
             return batch
 
-    def wait(self, until: Optional[float], *, for_batch: bool) -> None:
-        """Block until the monotonic time ``until``, an ``interrupt()``, or, with
-        ``for_batch``, until a batch is due; return at once if one already is."""
+    def interrupts(self) -> int:
+        """A token for ``wait(since=...)``: how many ``interrupt()`` calls there were so far."""
+        with self._lock:
+            return self._interrupts
+
+    def wait(self, until: Optional[float], *, for_batch: bool, since: int) -> None:
+        """Block until the monotonic time ``until``, an ``interrupt()`` after the token
+        ``since``, or, with ``for_batch``, until a batch is due; at once if one already is.
+
+        The worker takes the token before it looks at its answers, so that an answer
+        handed back while it was busy still wakes it."""
         with self._work_ready:
-            interrupts = self._interrupts
             self._worker_wants_batch = for_batch
-            while self._interrupts == interrupts:
+            while self._interrupts == since:
                 now = time.monotonic()
                 wake_at = until
                 if for_batch:

@@ -37,6 +37,7 @@ class Job:
     waiting_since: float = 0.0
     problem: str = ""  # why it waits: the last failure, or the overload
     is_retry: bool = False  # its next attempt counts as a retry (a pause does not)
+    overloaded_since: Optional[float] = None  # its first 429/503 (see OVERLOAD_PATIENCE)
     last_chance: bool = False  # a shutdown's deadline: whatever happens, no further attempt
 
 
@@ -53,16 +54,33 @@ class SenderPool:
         self._unanswered = 0
 
     def submit(self, job: Job) -> None:
-        """Send ``job`` on a free sender thread (the caller keeps within ``size``)."""
+        """Send ``job`` on a free sender thread (the caller keeps within ``size``).
+
+        Where no thread can be started (at interpreter exit, Python 3.12 and newer
+        refuse new threads) and none is running, the caller makes the attempt itself.
+        """
         with self._lock:
             self._unanswered += 1
             if self._unanswered > len(self._threads) and len(self._threads) < self._size:
-                thread = threading.Thread(
-                    target=self._serve, name="campaign-cart-analytics-sender", daemon=True
-                )
-                thread.start()
-                self._threads.append(thread)
-        self._jobs.put(job)
+                self._start_thread()
+            inline = not self._threads
+            if inline:
+                self._unanswered -= 1
+        if inline:
+            self._on_answer(job, self._post(job))
+        else:
+            self._jobs.put(job)
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._serve, name="campaign-cart-analytics-sender", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # interpreter shutdown, or no threads left
+            logger.debug("No sender thread could be started", exc_info=True)
+            return
+        self._threads.append(thread)
 
     def stop(self) -> None:
         """Let every sender thread end once the jobs before this are answered."""

@@ -113,6 +113,7 @@ class Transport:
         }
 
     def close(self) -> None:
+        self._guard.stop()
         self._session.close()
 
     def stop_sending(self) -> None:

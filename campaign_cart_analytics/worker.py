@@ -56,6 +56,11 @@ ERROR_PAUSE = 0.1
 #: The shortest overload pause, whatever Retry-After says: a hot loop helps nobody.
 MIN_PAUSE = 0.01
 
+#: Seconds a batch may be answered 429/503 without it costing its retries. Past this an
+#: overload counts as a failed attempt, so that an endpoint refusing for good cannot
+#: hold a flush() or a shutdown() without a timeout for ever.
+OVERLOAD_PATIENCE = 60.0
+
 
 class Worker:
     """Delivers what ``pending`` hands it through ``transport``; run it in a daemon thread."""
@@ -82,12 +87,13 @@ class Worker:
         mark_as_delivery_thread()
         while True:
             try:
+                since = self._pending.interrupts()
                 self._settle_answers()
                 if self._finished():
                     self._senders.stop()
                     return
                 self._start_what_is_due()
-                self._wait_for_change()
+                self._wait_for_change(since)
             except Exception:
                 logger.exception("Unexpected error in the delivery thread; it goes on")
                 time.sleep(ERROR_PAUSE)  # a bug that repeats must not spin a core
@@ -110,7 +116,7 @@ class Worker:
     def _start_what_is_due(self) -> None:
         while True:
             now = time.monotonic()
-            opens = self._gate.opens_at(self._in_flight, now, waits=not self._out_of_time(now))
+            opens = self._opens_at(now)
             if opens is None or opens > now:
                 return
             job = self._take_due_parked(now) or self._take_new(now)
@@ -148,20 +154,23 @@ class Worker:
         self._gate.started(now)
         self._senders.submit(job)
 
-    def _out_of_time(self, now: float) -> bool:
-        """A shutdown will not wait for a pause that ends later than its deadline."""
-        return self._clock.cuts_short(max(now, self._gate.paused_until))
+    def _opens_at(self, now: float) -> Optional[float]:
+        """When the gate lets the next request start. Once a shutdown has begun, the pace
+        no longer holds requests back, nor a pause that would end after its deadline."""
+        shutting_down = self._clock.waits_until is not None
+        pause = not self._clock.cuts_short(max(now, self._gate.paused_until))
+        return self._gate.opens_at(self._in_flight, now, pause=pause, pace=not shutting_down)
 
-    def _wait_for_change(self) -> None:
+    def _wait_for_change(self, since: int) -> None:
         now = time.monotonic()
-        opens = self._gate.opens_at(self._in_flight, now, waits=not self._out_of_time(now))
+        opens = self._opens_at(now)
         if opens is None:  # every slot taken: only an answer changes that
-            self._pending.wait(None, for_batch=False)
+            self._pending.wait(None, for_batch=False, since=since)
             return
         wakes = [job.due for job in self._parked]
         if opens > now:  # paused or paced: nothing starts before then
             wakes = [max(opens, due) for due in wakes] + [opens]
-        self._pending.wait(min(wakes, default=None), for_batch=opens <= now)
+        self._pending.wait(min(wakes, default=None), for_batch=opens <= now, since=since)
 
     # ------------------------------------------------------------ answers
 
@@ -195,6 +204,10 @@ class Worker:
             self._give_up(job, answer, "shutdown deadline reached")
         elif answer.kind == "overloaded":
             self._pause(job, answer, now)
+            since = job.overloaded_since
+            if since is not None and now - since > OVERLOAD_PATIENCE:
+                self._parked.remove(job)  # overloaded for too long: now each answer counts
+                self._retry_later(job, answer, now)
         elif answer.kind == "failed":
             self._retry_later(job, answer, now)
         else:  # rejected, fatal, a single event too large
@@ -212,6 +225,8 @@ class Worker:
         self._park(job, now + wait, answer.problem, is_retry=True)
 
     def _pause(self, job: Job, answer: Answer, now: float) -> None:
+        if job.overloaded_since is None:
+            job.overloaded_since = now
         pause = job.retry.wait_if_counted() if answer.retry_after is None else answer.retry_after
         pause = max(pause, MIN_PAUSE)
         self._gate.overloaded(now, pause, job.started_at)

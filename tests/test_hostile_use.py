@@ -243,3 +243,23 @@ def test_clients_leave_no_threads_behind(receiver: Receiver) -> None:
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.02)
     assert threading.active_count() == before, [t.name for t in threading.enumerate()]
+
+
+def test_where_no_thread_can_start_the_delivery_thread_sends_itself(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As at interpreter exit on Python 3.12 and newer, which refuse new threads there."""
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name in ("campaign-cart-analytics-sender", "campaign-cart-analytics-deadlines"):
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    client = cca.Analytics(receiver.url, batch_size=10, max_concurrent_requests=1)
+    for n in range(25):
+        client.track("e", {"n": n})
+    assert client.flush(timeout=5) is True  # sent from the delivery thread, nothing wedged
+    assert sorted(e["n"] for e in receiver.delivered_events()) == list(range(25))
+    assert client.shutdown(timeout=2) is True

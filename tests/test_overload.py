@@ -17,6 +17,7 @@ from nginx import Nginx
 from receiver import Receiver, Reply
 
 import campaign_cart_analytics as cca
+from campaign_cart_analytics import worker as worker_module
 
 
 def overlap(receiver: Receiver, delay: float) -> int:
@@ -160,3 +161,35 @@ def test_behind_nginx_limit_req_every_event_arrives_once(
         assert rate_limited.refused() < 40  # it adapted: fewer refusals than events
     finally:
         client.shutdown(timeout=2)
+
+
+def test_an_overload_that_outlasts_the_patience_costs_retries_at_last(
+    make_client: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "OVERLOAD_PATIENCE", 0.3)
+    receiver.respond = lambda request: Reply(429, headers={"Retry-After": "0.05"})
+    errors = Errors()
+    client = make_client(max_retries=2, retry_delay_ms=50, on_error=errors)
+    client.track("e")
+    started = time.monotonic()
+    assert client.flush() is False  # no timeout, and still it returns
+    assert 0.3 <= time.monotonic() - started < 2.0
+    assert client.stats().dropped_delivery == 1 and len(errors.events) == 1
+    assert "HTTP 429" in str(errors.calls[0][1])
+
+
+def test_a_shutdown_does_not_wait_for_the_pace(make_client: Any, receiver: Receiver) -> None:
+    receiver.script(*[Reply(429, headers={"Retry-After": "0.05"})] * 6)
+    client = make_client(batch_size=1, batch_interval_ms=60_000)
+    for n in range(6):
+        client.track("e", {"n": n})
+    assert client.flush(timeout=10) is True
+    gate = client._state.worker._gate
+    assert gate._rate is not None  # the overloads set a pace...
+    gate._rate = 2.0  # ...say a slow one, as after a long overload
+    for n in range(40):
+        client.track("after", {"n": n})
+    started = time.monotonic()
+    assert client.shutdown(timeout=2) is True  # 40 requests at 2 a second would take 20 s
+    assert time.monotonic() - started < 1.0
+    assert len([e for e in receiver.delivered_events() if e["event"] == "after"]) == 40
