@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import http.client
 import os
-import shutil
 import ssl
 import subprocess
 import sys
@@ -122,36 +121,21 @@ def test_transport_options_are_checked(option: str, value: Any, message: str) ->
 # ---------------------------------------------------------------- mutual TLS
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl command is not installed; .ci/run installs it")
-    folder = tmp_path_factory.mktemp("mtls")
-    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return cert, key
-
-
 @pytest.fixture
-def mtls_receiver(certificate: tuple[str, str]) -> Iterator[Receiver]:
+def mtls_receiver(self_signed: tuple[str, str]) -> Iterator[Receiver]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*certificate)
+    context.load_cert_chain(*self_signed)
     context.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no handshake
-    context.load_verify_locations(certificate[0])
+    context.load_verify_locations(self_signed[0])
     server = Receiver(tls=context)
     yield server
     server.close()
 
 
 def test_client_cert_opens_an_endpoint_that_wants_one(
-    mtls_receiver: Receiver, certificate: tuple[str, str]
+    mtls_receiver: Receiver, self_signed: tuple[str, str]
 ) -> None:
-    cert, key = certificate
+    cert, key = self_signed
     with cca.Analytics(mtls_receiver.url, verify=cert, client_cert=(cert, key)) as client:
         client.track("e")
         assert client.flush(timeout=10) is True
