@@ -56,12 +56,14 @@ class SenderPool:
     def submit(self, job: Job) -> None:
         """Send ``job`` on a free sender thread (the caller keeps within ``size``).
 
-        Where no thread can be started (at interpreter exit, Python 3.12 and newer
-        refuse new threads) and none is running, the caller makes the attempt itself.
+        With one request at a time (``size`` 1) the caller makes the attempt itself: a
+        thread of its own would only add a hand-off each way. So does it where no thread
+        can be started (at interpreter exit, Python 3.12 and newer refuse new threads).
         """
         with self._lock:
             self._unanswered += 1
-            if self._unanswered > len(self._threads) and len(self._threads) < self._size:
+            wanted = self._size > 1 and self._unanswered > len(self._threads)
+            if wanted and len(self._threads) < self._size:
                 self._start_thread()
             inline = not self._threads
             if inline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from typing import Any
 
@@ -58,7 +59,12 @@ def test_a_backlog_goes_out_in_full_batches_back_to_back(
     assert sorted(e["i"] for e in receiver.delivered_events()) == list(range(45))
 
 
+def senders() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "campaign-cart-analytics-sender"}
+
+
 def test_one_request_at_a_time_keeps_the_order(make_client: Any, receiver: Receiver) -> None:
+    senders_before = senders()
     receiver.script(Reply(202, delay=0.3))
     client = make_client(batch_size=10, batch_interval_ms=60_000, max_concurrent_requests=1)
     for i in range(45):
@@ -67,6 +73,8 @@ def test_one_request_at_a_time_keeps_the_order(make_client: Any, receiver: Recei
     assert requests[1].at - requests[0].at >= 0.25  # the second waited for the first
     assert client.flush(timeout=2)
     assert [e["i"] for e in receiver.delivered_events()] == list(range(45))
+    # The delivery thread sends itself: no sender thread, no hand-off each way.
+    assert senders() <= senders_before
 
 
 def test_a_batch_never_holds_more_than_100_events(make_client: Any, receiver: Receiver) -> None:

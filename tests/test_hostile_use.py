@@ -257,7 +257,7 @@ def test_where_no_thread_can_start_the_delivery_thread_sends_itself(
         real_start(thread)
 
     monkeypatch.setattr(threading.Thread, "start", start)
-    client = cca.Analytics(receiver.url, batch_size=10, max_concurrent_requests=1)
+    client = cca.Analytics(receiver.url, batch_size=10, max_concurrent_requests=4)
     for n in range(25):
         client.track("e", {"n": n})
     assert client.flush(timeout=5) is True  # sent from the delivery thread, nothing wedged
