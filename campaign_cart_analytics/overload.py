@@ -54,6 +54,15 @@ class OverloadGate:
     def paused_until(self) -> float:
         return self._paused_until
 
+    def wide_open(self, now: float) -> bool:
+        """No overload in force: every slot open, no pause, no pace, no probe."""
+        return (
+            not self._probing
+            and self._limit >= self._max
+            and self._rate is None
+            and now >= self._paused_until
+        )
+
     def opens_at(
         self, in_flight: int, now: float, *, pause: bool = True, pace: bool = True
     ) -> Optional[float]:

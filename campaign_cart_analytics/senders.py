@@ -2,10 +2,14 @@
 
 The worker decides what goes out and when; a sender only makes the one
 attempt it is handed (``Transport.post``) and hands the ``Answer`` back
-through ``on_answer``. Threads start as they are needed, never more than
-``size``, and never fewer than the jobs handed out and not answered, so a
-due batch never waits behind a slow request while a slot is free. They
-share the transport's session and its pool of kept-alive connections.
+through ``on_answer``. One shortcut: while no overload is in force and
+nothing waits for a retry, a sender whose batch was delivered asks
+``follow_on`` for the next ready batch and sends it on the same slot.
+
+Threads start as they are needed, never more than ``size``, and never fewer
+than the jobs handed out and not answered, so a due batch never waits behind
+a slow request while a slot is free. They share the transport's session and
+its pool of kept-alive connections.
 """
 
 from __future__ import annotations
@@ -43,11 +47,16 @@ class Job:
 
 class SenderPool:
     def __init__(
-        self, transport: Transport, size: int, on_answer: Callable[[Job, Answer], None]
+        self,
+        transport: Transport,
+        size: int,
+        on_answer: Callable[[Job, Answer], None],
+        follow_on: Callable[[Job, Answer], Optional[Job]],
     ) -> None:
         self._transport = transport
         self._size = size
         self._on_answer = on_answer
+        self._follow_on = follow_on
         self._jobs: queue.SimpleQueue[Optional[Job]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -98,6 +107,12 @@ class SenderPool:
             if job is None:
                 return
             answer = self._post(job)
+            # Delivered, and the next batch is ready: send it on this slot at once, without
+            # a round trip through the delivery thread (which only hears of exceptions).
+            following = self._follow_on(job, answer) if answer.kind == "delivered" else None
+            while following is not None:
+                job, answer = following, self._post(following)
+                following = self._follow_on(job, answer) if answer.kind == "delivered" else None
             with self._lock:
                 self._unanswered -= 1
             try:

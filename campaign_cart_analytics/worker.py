@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import threading
 import time
 from typing import Any, Optional
 
@@ -76,7 +77,11 @@ class Worker:
         self._pending = pending
         self._clock = clock
         self._gate = OverloadGate(config.max_concurrent_requests)
-        self._senders = SenderPool(transport, config.max_concurrent_requests, self._answered)
+        self._senders = SenderPool(
+            transport, config.max_concurrent_requests, self._answered, self._follow_on
+        )
+        self._follow_on_lock = threading.Lock()
+        self._may_follow_on = False  # published by this thread, read by senders (see _follow_on)
         self._answers: collections.deque[tuple[Job, Answer]] = collections.deque()
         self._parked: list[Job] = []
         self._in_flight = 0
@@ -100,8 +105,41 @@ class Worker:
 
     def _answered(self, job: Job, answer: Answer) -> None:
         """Called by a sender thread: queue the answer and wake the loop."""
+        if answer.kind != "delivered":
+            with self._follow_on_lock:  # an overload or failure: senders stop going on alone
+                self._may_follow_on = False
         self._answers.append((job, answer))
         self._pending.interrupt()
+
+    def _follow_on(self, job: Job, answer: Answer) -> Optional[Job]:
+        """Called by a sender thread with a delivered batch: settle it and hand back the next
+        ready batch to send on the same slot; None where the loop must decide (an overload in
+        force, batches waiting for a retry, a shutdown under way, nothing ready)."""
+        with self._follow_on_lock:
+            if not self._may_follow_on or self._clock.waits_until is not None:
+                return None
+            batch = self._pending.take_ready()
+            if batch is None:
+                return None
+            now = time.monotonic()
+            self._gate.started(now)
+        self._pending.settle(job.batch, "delivered")
+        logger.debug(
+            "Batch %s delivered: %d events, HTTP %s, %d attempt(s)",
+            job.batch_id, len(job.batch.texts), answer.status, job.retry.attempts + 1,
+        )  # fmt: skip
+        following = self._new_job(batch, now)
+        following.started_at = now
+        return following
+
+    def _publish_follow_on(self, now: float) -> None:
+        with self._follow_on_lock:
+            self._may_follow_on = (
+                not self._parked
+                and not self._answers
+                and self._gate.wide_open(now)
+                and self._clock.waits_until is None
+            )
 
     def _finished(self) -> bool:
         return (
@@ -136,8 +174,9 @@ class Worker:
 
     def _take_new(self, now: float) -> Optional[Job]:
         batch = self._pending.take_ready()
-        if batch is None:
-            return None
+        return None if batch is None else self._new_job(batch, now)
+
+    def _new_job(self, batch: TakenBatch, now: float) -> Job:
         retry = DeliveryRetry.first(self._config.max_retries, self._config.retry_delay_ms / 1000)
         return Job(batch, new_batch_id(), time.time_ns() // 1_000_000, retry, due=now)
 
@@ -163,6 +202,7 @@ class Worker:
 
     def _wait_for_change(self, since: int) -> None:
         now = time.monotonic()
+        self._publish_follow_on(now)
         opens = self._opens_at(now)
         if opens is None:  # every slot taken: only an answer changes that
             self._pending.wait(None, for_batch=False, since=since)

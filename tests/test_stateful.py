@@ -160,6 +160,6 @@ class DeliveryMachine(RuleBasedStateMachine):
 
 
 DeliveryMachine.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=25, deadline=None
+    max_examples=50, stateful_step_count=25, deadline=None
 )
 TestDeliveryMachine = DeliveryMachine.TestCase
