@@ -159,7 +159,5 @@ class DeliveryMachine(RuleBasedStateMachine):
         assert all(len(batches) == 1 for batches in answered_ok.values()), answered_ok
 
 
-DeliveryMachine.TestCase.settings = settings(
-    max_examples=50, stateful_step_count=25, deadline=None
-)
+DeliveryMachine.TestCase.settings = settings(max_examples=50, stateful_step_count=25, deadline=None)
 TestDeliveryMachine = DeliveryMachine.TestCase
