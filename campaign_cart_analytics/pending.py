@@ -185,18 +185,15 @@ class PendingEvents:
                 self._taken[second.first_seq] = second
         return first, second
 
-    def settle(self, batch: TakenBatch, counter: str, problem: Optional[str] = None) -> bool:
-        """Record the fate of a batch's events; False if shutdown had already written them off.
-
-        ``problem`` says why they were dropped, for ``stats().last_error``.
-        """
-        if not self.count(batch, counter, problem):
+    def settle_delivered(self, batch: TakenBatch) -> bool:
+        """Record that a batch was delivered; False if shutdown had already written it off."""
+        if not self.count(batch, "delivered"):
             return False
-        self.release(batch, reported=counter != "delivered")
+        self.release(batch)
         return True
 
     def count(self, batch: TakenBatch, counter: str, problem: Optional[str] = None) -> bool:
-        """The first half of ``settle``: count the batch's fate; a shutdown no longer sees it.
+        """Count the batch's fate; a shutdown no longer sees it. ``release`` follows.
 
         Between ``count`` and ``release`` the worker tells ``on_error``, so that a
         ``flush()`` never returns before the callback has heard of the loss it reports.
@@ -217,7 +214,7 @@ class PendingEvents:
             return True
 
     def release(self, batch: TakenBatch, *, reported: bool = False) -> None:
-        """The second half of ``settle``: flushes waiting for these events may return.
+        """After ``count``: flushes waiting for these events may return.
 
         ``reported``: the batch was dropped and ``on_error`` has returned.
         """
@@ -286,7 +283,7 @@ class PendingEvents:
         """Count every event still pending as ``dropped_shutdown``; return their texts.
 
         Queued, in flight or parked for a retry: each is settled here, once,
-        and a later ``settle`` of its batch returns False. The losses count as
+        and a later ``count`` of its batch returns False. The losses count as
         reported: the shutdown that writes them off returns False.
         """
         with self._settled:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
 #: No single wait between attempts is longer than this, whatever the schedule or Retry-After say.
@@ -59,10 +58,7 @@ class DeliveryRetry(Retry):
         return retry
 
     def get_backoff_time(self) -> float:
-        failed_attempts = len(self.history)
-        if failed_attempts == 0:
-            return 0.0
-        return float(min(MAX_WAIT_SECONDS, self.retry_delay * 2 ** (failed_attempts - 1)))
+        return self._wait_after(len(self.history))
 
     def next_attempt(
         self, url: str, *, response: Any = None, error: Optional[Exception] = None
@@ -76,7 +72,7 @@ class DeliveryRetry(Retry):
             error.__traceback__ = None  # a parked batch must not keep the failed stack alive
         try:
             retry = self.increment("POST", url, response=response, error=error)
-        except (MaxRetryError, Exception):  # spent, or an error urllib3 would not retry
+        except Exception:  # MaxRetryError: spent; or an error urllib3 would not retry
             return None
         assert isinstance(retry, DeliveryRetry)
         return retry, retry.get_backoff_time()
@@ -84,7 +80,13 @@ class DeliveryRetry(Retry):
     def wait_if_counted(self) -> float:
         """The wait this batch's next retry would have: how long an overload pause lasts
         when the endpoint gave no ``Retry-After``."""
-        return float(min(MAX_WAIT_SECONDS, self.retry_delay * 2 ** len(self.history)))
+        return self._wait_after(len(self.history) + 1)
+
+    def _wait_after(self, failed_attempts: int) -> float:
+        """The seed's wait after ``failed_attempts`` failures: d, 2d, 4d ..., at most 60 s."""
+        if failed_attempts == 0:
+            return 0.0
+        return float(min(MAX_WAIT_SECONDS, self.retry_delay * 2 ** (failed_attempts - 1)))
 
     @property
     def attempts(self) -> int:

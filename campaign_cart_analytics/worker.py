@@ -123,14 +123,17 @@ class Worker:
                 return None
             now = time.monotonic()
             self._gate.started(now)
-        self._pending.settle(job.batch, "delivered")
+        self._settle_delivered(job, answer)
+        following = self._new_job(batch, now)
+        following.started_at = now
+        return following
+
+    def _settle_delivered(self, job: Job, answer: Answer) -> None:
+        self._pending.settle_delivered(job.batch)
         logger.debug(
             "Batch %s delivered: %d events, HTTP %s, %d attempt(s)",
             job.batch_id, len(job.batch.texts), answer.status, job.retry.attempts + 1,
         )  # fmt: skip
-        following = self._new_job(batch, now)
-        following.started_at = now
-        return following
 
     def _publish_follow_on(self, now: float) -> None:
         with self._follow_on_lock:
@@ -233,11 +236,7 @@ class Worker:
         now = time.monotonic()
         if answer.kind == "delivered":
             self._gate.succeeded(job.started_at)
-            self._pending.settle(job.batch, "delivered")
-            logger.debug(
-                "Batch %s delivered: %d events, HTTP %s, %d attempt(s)",
-                job.batch_id, len(job.batch.texts), answer.status, job.retry.attempts + 1,
-            )  # fmt: skip
+            self._settle_delivered(job, answer)
         elif answer.kind == "too_large" and len(job.batch.texts) > 1:
             self._split(job, now)
         elif job.last_chance or answer.kind == "cut_short":
