@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import parse_qs
 
 from ..events import parse_iso8601
+from . import live
 from .store import Store
 
 MAX_EVENTS = 100
@@ -237,6 +238,8 @@ class ReceiverApp:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
+        if path in live.PATHS:  # GET /: the live view, a page and its files (not JSON)
+            return live.serve(environ, start_response)
         status, body, headers = self._route(method, path, environ)
         if status >= 400 and path == "/analytics":
             self.store.count_rejected()
