@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         app = create_app(os.path.join(directory, "demo.sqlite3"))
         with LocalServer(app, "127.0.0.1", 0) as server:
             print(f"Receiver listening on {server.url} (SQLite in a temporary folder)")
+            print(f"Live view on http://{server.host}:{server.port}/ (`receive` keeps one open)")
             with Analytics(server.url, transform_function=scrub_pii) as analytics:
                 with analytics.context(user_properties=USER, attribution=ATTRIBUTION):
                     for name, properties in SESSION:
