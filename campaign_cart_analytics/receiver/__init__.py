@@ -1,12 +1,14 @@
 """The reference receiver: a WSGI app that accepts, validates and stores batches.
 
     from campaign_cart_analytics.receiver import create_app, serve
-    app = create_app(db_path="events.sqlite3", token="s3cret")     # any WSGI server
+    app = create_app("sqlite:///events.sqlite3", token="s3cret")  # any WSGI server
+    app = create_app("postgresql://shop@db:5432/analytics")        # shared by many workers
     server = serve(app, host="127.0.0.1", port=0)                  # or a local threaded one
     server.url  # 'http://127.0.0.1:PORT/analytics'
 
-See ``app`` for what it checks and answers. ``campaign-cart-analytics
-receive`` runs it from the command line.
+See ``app`` for what it checks and answers and ``store`` for where it keeps
+it. ``campaign-cart-analytics receive`` runs it from the command line, with
+``--workers N`` under gunicorn.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer,
 from .app import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_READ_TIMEOUT,
+    DEFAULT_RETRY_AFTER,
     READ_TIMEOUT_KEY,
     BatchError,
     ReceiverApp,
     parse_body,
     validate_batch,
 )
-from .store import Store
+from .store import EventQuery, Page, Position, Store, StoreUnavailable, open_store
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -37,7 +40,12 @@ __all__ = [
     "BatchError",
     "LocalServer",
     "ReceiverApp",
+    "EventQuery",
+    "Page",
+    "Position",
     "Store",
+    "StoreUnavailable",
+    "open_store",
     "create_app",
     "parse_body",
     "serve",
@@ -46,25 +54,41 @@ __all__ = [
 
 
 def create_app(
-    db_path: str = ":memory:",
+    database: str = ":memory:",
     *,
+    db_path: Optional[str] = None,
     token: Optional[str] = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     log: Optional[Callable[[str], None]] = None,
+    pool_size: int = 4,
+    statement_timeout: float = 5.0,
+    connect_timeout: float = 5.0,
+    retry_after: int = DEFAULT_RETRY_AFTER,
 ) -> ReceiverApp:
-    """A receiver storing into the SQLite database at ``db_path`` (in memory by default).
+    """A receiver storing into ``database``: ``sqlite:///PATH``, ``postgresql://USER@HOST:PORT/DB``
+    or a SQLite path (``db_path`` is its older name); in memory by default.
 
     ``read_timeout`` (seconds) is how long ``LocalServer`` waits for each read
     from a client before answering 408 and closing; under another WSGI server,
-    that server's own timeout applies.
+    that server's own timeout applies. ``pool_size`` (connections in this
+    process), ``statement_timeout`` and ``connect_timeout`` (seconds) are for
+    PostgreSQL; past them a request is answered 503 with ``Retry-After:
+    retry_after``. A PostgreSQL server that is not up yet is no error: the app
+    answers 503 until it is.
     """
     return ReceiverApp(
-        Store(db_path),
+        open_store(
+            database if db_path is None else db_path,
+            pool_size=pool_size,
+            statement_timeout=statement_timeout,
+            connect_timeout=connect_timeout,
+        ),
         token=token,
         max_body_bytes=max_body_bytes,
         read_timeout=read_timeout,
         log=log,
+        retry_after=retry_after,
     )
 
 

@@ -12,16 +12,23 @@
   ``duplicates``: how many of the batch's events were already stored.
 - ``OPTIONS /analytics`` answers CORS preflights, and every ``/analytics``
   answer carries CORS headers, so browser SDKs can post here too.
-- ``GET /events`` (``?limit=N&event=NAME``) and ``GET /stats`` show what arrived.
+- ``GET /events`` shows what arrived: the latest ``limit`` events, or with
+  ``after=CURSOR`` those received after it, in the order received, filtered by
+  ``event`` and by ``since``/``until`` (time received); the answer's ``next`` is
+  the cursor for what comes after (see ``query``). ``GET /stats`` counts it all.
+- ``GET /healthz`` answers 200 while the database answers, else 503: for load
+  balancers, so it needs no token.
 
 Whatever arrives, the answer is a 2xx or a 4xx with a JSON error: input never
-causes a 5xx. Run it under any WSGI server
+causes a 5xx. A database that is down or too slow is a 503 with ``Retry-After``
+(never a 500): the SDK pauses, retries, and loses nothing. Run it under any WSGI server
 (``gunicorn 'campaign_cart_analytics.receiver:create_app()'``) or with
 ``campaign-cart-analytics receive``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import math
@@ -31,18 +38,18 @@ import uuid
 import zlib
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
-from urllib.parse import parse_qs
 
 from ..events import parse_iso8601
 from . import live
-from .store import Store
+from .query import QueryError, parse_event_query
+from .store import Store, StoreUnavailable, UnstorableEvent
 
 MAX_EVENTS = 100
 DEFAULT_MAX_BODY_BYTES = 5 * 2**20
 DEFAULT_READ_TIMEOUT = 10.0
 MAX_DEPTH = 100  # nested arrays and objects, counted from the body's top level
 MAX_INT_DIGITS = 1000  # longer integers take quadratic time to convert, and no event needs them
-MAX_LIST_LIMIT = 10_000
+DEFAULT_RETRY_AFTER = 1  # seconds a client waits after a 503 (the SDK caps it at 60)
 READ_TIMEOUT_KEY = "campaign_cart_analytics.read_timeout"  # set by the local server's handler
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -61,6 +68,7 @@ _REASONS = {
     200: "OK", 202: "Accepted", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
     404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
     411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type",
+    503: "Service Unavailable",
 }  # fmt: skip
 _DIGITS = re.compile("[0-9]{1,18}")  # ASCII only: int() would also take '+1', '1_0', '٣'
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -227,10 +235,14 @@ class ReceiverApp:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         log: Optional[Callable[[str], None]] = None,
+        retry_after: int = DEFAULT_RETRY_AFTER,
     ) -> None:
         if not read_timeout > 0:
             raise ValueError(f"read_timeout must be a positive number of seconds: {read_timeout}")
+        if not 0 <= retry_after <= 3600:
+            raise ValueError(f"retry_after must be from 0 to 3600 seconds: {retry_after}")
         self.store = store
+        self.retry_after = retry_after
         self.read_timeout = read_timeout
         self._token = token
         self._max_body_bytes = max_body_bytes
@@ -240,9 +252,12 @@ class ReceiverApp:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
         if path in live.PATHS:  # GET /: the live view, a page and its files (not JSON)
             return live.serve(environ, start_response)
-        status, body, headers = self._route(method, path, environ)
-        if status >= 400 and path == "/analytics":
-            self.store.count_rejected()
+        try:
+            status, body, headers = self._route(method, path, environ)
+        except StoreUnavailable as exc:
+            status, body, headers = self._unavailable(exc)
+        if 400 <= status < 500 and path == "/analytics":
+            self._count_rejected(status)
         if self._log is not None:
             detail = body.get("error") or (
                 f"{body['events_processed']} events, {body['duplicates']} duplicates"
@@ -256,7 +271,7 @@ class ReceiverApp:
         if payload:
             headers.append(("Content-Type", "application/json"))
         start_response(f"{status} {_REASONS.get(status, '')}".rstrip(), headers)
-        return [payload]
+        return [b""] if method == "HEAD" else [payload]
 
     def _route(self, method: str, path: str, environ: dict[str, Any]) -> Reply:
         if path == "/analytics":
@@ -266,6 +281,11 @@ class ReceiverApp:
                 status, body, headers = self._receive(environ)
                 return status, body, [*headers, *CORS_HEADERS]
             return _error(405, f"{method} is not allowed here", [("Allow", "POST, OPTIONS")])
+        if path == "/healthz":
+            if method not in ("GET", "HEAD"):
+                return _error(405, f"{method} is not allowed here", [("Allow", "GET, HEAD")])
+            self.store.check()
+            return 200, {"status": "ok"}, [("Cache-Control", "no-store")]
         if path in ("/events", "/stats"):
             if method != "GET":
                 return _error(405, f"{method} is not allowed here", [("Allow", "GET")])
@@ -292,7 +312,10 @@ class ReceiverApp:
         batch_id = batch["batch_info"].get("batch_id")
         if not isinstance(batch_id, str) or not batch_id:
             batch_id = f"batch_{uuid.uuid4().hex}"
-        duplicates = self.store.add_batch(batch_id, events)
+        try:
+            duplicates = self.store.add_batch(batch_id, events)
+        except UnstorableEvent as exc:
+            return _error(400, str(exc))
         return (
             202,
             {
@@ -368,12 +391,26 @@ class ReceiverApp:
         return raw
 
     def _list_events(self, query_string: str) -> Reply:
-        query = parse_qs(query_string)
-        given = query.get("limit", ["100"])[0]
-        if not _DIGITS.fullmatch(given) or int(given) > MAX_LIST_LIMIT:
-            return _error(400, f"limit must be a whole number from 0 to {MAX_LIST_LIMIT}")
-        event = query.get("event", [None])[0]
-        return 200, {"events": self.store.events(limit=int(given), event=event)}, []
+        try:
+            query = parse_event_query(query_string)
+        except QueryError as exc:
+            return _error(400, str(exc))
+        page = self.store.page(query)
+        return 200, {"events": page.events, "next": str(page.next)}, []
+
+    def _unavailable(self, exc: StoreUnavailable) -> Reply:
+        """A 503 the SDK waits out: the cause goes to the log, not to the client."""
+        if self._log is not None:
+            self._log(_printable(f"database unavailable: {exc}"))
+        return _error(
+            503,
+            f"the database is unavailable; retry after {self.retry_after} s",
+            [("Retry-After", str(self.retry_after))],
+        )
+
+    def _count_rejected(self, status: int) -> None:
+        with contextlib.suppress(StoreUnavailable):  # the 4xx matters more than its count
+            self.store.count_rejected(status)
 
 
 def _printable(text: str) -> str:

@@ -1,0 +1,259 @@
+"""The PostgreSQL store: one database shared by every worker process and machine.
+
+Needs the ``postgres`` extra (psycopg 3 and psycopg-pool). Each process keeps
+its own pool of connections, opened lazily: a receiver started before its
+database answers 503 until the database is reachable, then migrates it.
+
+**Idempotent everywhere.** ``event_id`` is the primary key and a batch is one
+``INSERT ... ON CONFLICT DO NOTHING``: two replicas storing the same batch at
+once serialize on the key, and the second counts the events as duplicates.
+Rows are inserted in ``event_id`` order, so two transactions with overlapping
+batches take their row locks in the same order and cannot deadlock.
+
+**Paging sees every event exactly once.** A serial id is assigned when a row
+is inserted but becomes visible when its transaction commits, and transactions
+commit out of id order: a reader that has handed out id 7 would never see an
+id 6 committed a moment later. So an event's position is ``(txid, n)``: the id
+of the transaction that stored it (``pg_current_xact_id()``, assigned at its
+first write and never reused) and its index in its batch; and a reader hands
+out only rows whose ``txid`` is below the oldest transaction still running
+(``pg_snapshot_xmin`` of its snapshot). Every transaction below that line has
+ended, so no row can appear there later, and every transaction that ends
+later has a ``txid`` at or above it, so sorts after what was handed out. The
+price: an event shows in ``/events`` only once every write transaction older
+than its own (anywhere on the PostgreSQL server) has ended, normally
+milliseconds; a transaction left open holds paging back, not storing.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+from . import migrations
+from .store import EventQuery, Page, Position, Store, StoreUnavailable, UnstorableEvent, redact
+
+try:
+    import psycopg
+    import psycopg_pool
+except ImportError:  # pragma: no cover - the extra is not installed
+    psycopg = None  # type: ignore[assignment]
+
+_MIGRATION_LOCK = 0x63636172  # pg_advisory_xact_lock key: one process migrates at a time
+
+_INSERT = """
+    INSERT INTO events (event_id, n, name, batch_id, event)
+    SELECT e.event_id, e.n, e.name, %s, e.body::jsonb
+    FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[]) AS e(event_id, n, name, body)
+    ORDER BY e.event_id
+    ON CONFLICT (event_id) DO NOTHING
+"""
+_VISIBLE = "txid < pg_snapshot_xmin(pg_current_snapshot())"
+_STATS = """
+    SELECT (SELECT count(*) FROM events),
+           (SELECT count(*) FROM batches),
+           (SELECT COALESCE(sum(duplicates), 0) FROM batches),
+           (SELECT COALESCE(sum(requests), 0) FROM rejections)
+"""
+
+
+class PostgresStore(Store):
+    """Events in the PostgreSQL database at ``url`` (``postgresql://USER@HOST:PORT/DB``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 4,
+        statement_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if psycopg is None:
+            raise ValueError(
+                "PostgreSQL needs the postgres extra: "
+                "pip install 'campaign-cart-analytics[postgres]'"
+            )
+        self._password = _check_url(url)
+        self.description = f"PostgreSQL at {redact(url)}"
+        self._statement_timeout = statement_timeout
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        self._unsaved_rejections: collections.Counter[int] = collections.Counter()
+        self._counter_lock = threading.Lock()
+        self._pool = psycopg_pool.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            timeout=connect_timeout,
+            reconnect_timeout=max(2.0, connect_timeout),  # then regrown on demand
+            check=psycopg_pool.ConnectionPool.check_connection,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(2, math.ceil(connect_timeout)),
+                "options": f"-c statement_timeout={round(statement_timeout * 1000)}",
+                "application_name": "campaign-cart-analytics receive",
+            },
+            name="receiver",
+        )
+        self._pool.open(wait=False)
+
+    # ------------------------------------------------------------ connections
+
+    @contextmanager
+    def _connection(self, timeout: Optional[float] = None) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection to a migrated database; failures as ``StoreUnavailable``."""
+        try:
+            with self._pool.connection(timeout=timeout) as conn:
+                if not self._schema_ready:
+                    self._migrate(conn)
+                yield conn
+        except psycopg.errors.DataError as exc:
+            raise UnstorableEvent(f"PostgreSQL cannot store an event: {self._scrub(exc)}") from None
+        except psycopg.errors.QueryCanceled:
+            raise StoreUnavailable(
+                f"PostgreSQL did not answer within the statement timeout "
+                f"({self._statement_timeout:g} s)"
+            ) from None
+        except psycopg_pool.PoolTimeout:
+            raise StoreUnavailable("PostgreSQL is unreachable (no connection)") from None
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL: {type(exc).__name__}: {self._scrub(exc)}"
+            ) from None
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {migrations.TABLE} (version integer "
+                    "PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                row = conn.execute(f"SELECT COALESCE(max(version), 0) FROM {migrations.TABLE}")
+                (applied,) = row.fetchone() or (0,)
+                for version, sql in migrations.pending(applied, migrations.POSTGRES):
+                    conn.execute(sql)
+                    conn.execute(
+                        f"INSERT INTO {migrations.TABLE} (version) VALUES (%s)", (version,)
+                    )
+            self._schema_ready = True
+
+    def _scrub(self, error: BaseException) -> str:
+        """An error's first line, without the password (libpq may quote the conninfo)."""
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text[:300]
+
+    # ------------------------------------------------------------ the interface
+
+    def add_batch(self, batch_id: Optional[str], events: Sequence[dict[str, Any]]) -> int:
+        ids = [event["event_id"] for event in events]
+        names = [event["event"] for event in events]
+        bodies = [json.dumps(event) for event in events]
+        places = list(range(1, len(events) + 1))
+        with self._connection() as conn, conn.transaction():
+            inserted = conn.execute(_INSERT, (batch_id, ids, places, names, bodies)).rowcount
+            duplicates = len(events) - max(inserted, 0)
+            conn.execute(
+                "INSERT INTO batches (batch_id, size, duplicates) VALUES (%s, %s, %s)",
+                (batch_id, len(events), duplicates),
+            )
+        return duplicates
+
+    def count_rejected(self, status: int) -> None:
+        """Counted in the database; kept here and added later while it is unreachable,
+        so that a 4xx is never held up by the database."""
+        with self._counter_lock:
+            self._unsaved_rejections[status] += 1
+            counts, self._unsaved_rejections = self._unsaved_rejections, collections.Counter()
+        try:
+            with self._connection(timeout=0.5) as conn:
+                conn.cursor().executemany(
+                    "INSERT INTO rejections VALUES (%s, %s) ON CONFLICT (status) "
+                    "DO UPDATE SET requests = rejections.requests + EXCLUDED.requests",
+                    sorted(counts.items()),
+                )
+        except StoreUnavailable:
+            with self._counter_lock:
+                self._unsaved_rejections.update(counts)
+
+    def page(self, query: EventQuery) -> Page:
+        clauses = [_VISIBLE]
+        parameters: list[object] = []
+        if query.after is not None:
+            clauses.append("(txid, n) > (%s::xid8, %s)")
+            parameters += [str(query.after.major), query.after.minor]
+        for clause, value in (
+            ("name = %s", query.event),
+            ("received_at >= to_timestamp(%s)", query.since),
+            ("received_at < to_timestamp(%s)", query.until),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                parameters.append(value)
+        order = "ASC" if query.after is not None else "DESC"
+        sql = (
+            f"SELECT txid::text, n, event FROM events WHERE {' AND '.join(clauses)} "
+            f"ORDER BY txid {order}, n {order} LIMIT %s"
+        )
+        with self._connection() as conn:
+            rows = conn.execute(sql, (*parameters, query.limit)).fetchall()
+        if query.after is None:
+            rows.reverse()
+        start = query.after if query.after is not None else Position()
+        return Page(
+            events=[event for _, _, event in rows],
+            next=Position(int(rows[-1][0]), rows[-1][1]) if rows else start,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot
+            row = conn.execute(_STATS).fetchone()
+            by_event = conn.execute("SELECT name, count(*) FROM events GROUP BY name ORDER BY name")
+            by_name = {name: count for name, count in by_event.fetchall()}
+        events, batches, duplicates, rejected = row or (0, 0, 0, 0)
+        return {
+            "events": events,
+            "batches": batches,
+            "duplicates": int(duplicates),
+            "rejected_requests": int(rejected),
+            "by_event": by_name,
+        }
+
+    def check(self) -> None:
+        with self._connection() as conn:
+            conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        self._pool.close(timeout=1.0)
+
+
+def _check_url(url: str) -> Optional[str]:
+    """The URL's password (to scrub from errors), or ``ValueError`` naming what is wrong."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise ValueError(
+            f"the PostgreSQL URL {redact_loosely(url)!r} is not postgresql://USER@HOST:PORT/DB"
+        ) from None
+    if not parts.path.strip("/"):
+        raise ValueError(f"the PostgreSQL URL {redact(url)!r} names no database (…/DB)")
+    return parts.password
+
+
+def redact_loosely(url: str) -> str:
+    """For a URL too broken to parse: everything before the last ``@`` is hidden."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}" if "@" in rest else url
