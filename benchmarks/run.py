@@ -101,8 +101,9 @@ def rss_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def deliver(sdk_name: str, url: str, events: int) -> dict[str, Any]:
-    sdk = SDK(sdk_name, url, max_queue_size=max(10_000, events))
+def deliver(sdk_name: str, url: str, events: int, concurrency: int = 0) -> dict[str, Any]:
+    options = {"max_concurrent_requests": concurrency} if concurrency else {}
+    sdk = SDK(sdk_name, url, max_queue_size=max(10_000, events), **options)
     payloads = [add_to_cart(n) for n in range(events)]
     latencies = []
     clock = time.perf_counter_ns
@@ -202,7 +203,9 @@ def main() -> int:
         url = f"http://127.0.0.1:{sink.stdout.readline().split()[1]}/analytics"
     try:
         extra = (
-            {"concurrency": args.concurrency} if args.scenario in ("remote", "ratelimited") else {}
+            {"concurrency": args.concurrency}
+            if args.scenario in ("deliver", "remote", "ratelimited")
+            else {}
         )
         result = SCENARIOS[args.scenario](args.sdk, url, events, **extra)
     finally:

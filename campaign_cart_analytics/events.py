@@ -9,7 +9,8 @@ joining these texts (``batch_body``).
 
 Beyond what ``json`` carries, values may be ``datetime``/``date``/``time``
 (ISO 8601 strings; aware datetimes in UTC with ``Z``), ``Decimal`` (an exact
-JSON number), ``UUID`` (a string), tuples and sets (lists). Anything else,
+JSON number), ``UUID`` (a string), ``Enum`` members (their value), tuples and
+sets (lists). Anything else,
 NaN and infinities included, is a ``TypeError`` naming the path to the value.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import enum
 import itertools
 import json
 import math
@@ -27,6 +29,11 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable, Optional
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - an interpreter orjson has no wheel for
+    orjson = None  # type: ignore[assignment]
 
 SOURCE = "next-campaign-cart"
 
@@ -225,6 +232,8 @@ def _encode_extra(value: Any) -> Any:
         return _DECIMAL_MARK + str(value)
     if isinstance(value, uuid.UUID):
         return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, (set, frozenset)):
@@ -262,6 +271,40 @@ def _fast_encoder() -> Callable[[Any], str]:
 
 _encode_json = _fast_encoder()
 
+# orjson writes datetimes and dataclasses its own way: hand them to the same hook
+# as the stdlib encoder, so both encoders carry the same types the same way.
+_ORJSON_OPTIONS = (
+    0 if orjson is None else orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+use_orjson: bool = orjson is not None
+
+
+def _encode_extra_for_orjson(value: Any) -> Any:
+    """``_encode_extra``, with a Decimal written as the exact number it is."""
+    if isinstance(value, decimal.Decimal):
+        if _decimal_problem(value):
+            raise ValueError("Decimal out of range")
+        return orjson.Fragment(str(value))
+    return _encode_extra(value)
+
+
+def _encode_quickly(event: Mapping[str, Any]) -> Optional[bytes]:
+    """``event`` as UTF-8 JSON by orjson (a tenth of the stdlib's time), or None.
+
+    None sends the event to the stdlib encoder, whose errors name the bad
+    path: whatever orjson refuses (ints beyond 64 bits, lone surrogates,
+    non-str keys, nesting deeper than 254) and any output holding ``null``,
+    because orjson writes NaN and infinities as ``null`` where JSON has no
+    such numbers and the stdlib refuses them.
+    """
+    if not use_orjson:
+        return None
+    try:
+        data = orjson.dumps(event, default=_encode_extra_for_orjson, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError
+        return None
+    return None if b"null" in data else data
+
 
 def encode(event: Mapping[str, Any]) -> bytes:
     """The event as compact UTF-8 JSON; ``UnencodableValue`` names the first bad path.
@@ -271,6 +314,9 @@ def encode(event: Mapping[str, Any]) -> bytes:
     JSON can produce one: ``json.loads('"\\ud800"')``) has no UTF-8 form, and
     it is refused now instead of failing the whole batch in the worker.
     """
+    data = _encode_quickly(event)
+    if data is not None:
+        return data
     try:
         text = _encode_json(event)
         if _DECIMAL_MARK in text:
@@ -302,11 +348,13 @@ def _walk(value: Any, path: str, open_containers: set[int]) -> Optional[Unencoda
         return None if problem is None else UnencodableValue(path, problem)
     if isinstance(value, (dt.date, dt.time, uuid.UUID)):
         return None
+    if isinstance(value, enum.Enum):
+        return _walk(value.value, path, open_containers)
     if not isinstance(value, (Mapping, list, tuple, set, frozenset)):
         return UnencodableValue(
             path,
             f"{type(value).__name__} is not JSON serializable "
-            "(use str, int, float, bool, None, dict, list, datetime, Decimal or UUID)",
+            "(use str, int, float, bool, None, dict, list, datetime, Decimal, UUID or Enum)",
         )
     if id(value) in open_containers:
         return UnencodableValue(path, "circular reference")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import decimal
+import enum
 import json
 import math
 import re
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 from receiver import Receiver
 
 import campaign_cart_analytics as cca
+from campaign_cart_analytics import events
 from campaign_cart_analytics.config import SEED_NAMES
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,6 +41,12 @@ RESERVED = {"event", "event_id", "event_time"}  # keys with rules of their own
 
 class Opaque:
     """A value no JSON encoder knows."""
+
+
+class Size(enum.Enum):
+    SMALL = "s"
+    LARGE = 2
+    ODD = 0.5
 
 
 def _with_surrogate(text: str, at: int, surrogate: str) -> str:
@@ -62,6 +70,7 @@ good_leaves = st.one_of(
     st.datetimes(timezones=st.just(dt.timezone(dt.timedelta(hours=-5)))),
     st.dates(),
     st.uuids(),
+    st.sampled_from(Size),
 )
 bad_leaves = st.one_of(
     st.sampled_from([math.nan, math.inf, -math.inf]),
@@ -109,6 +118,8 @@ def is_bad(value: Any) -> bool:
         return not value.is_finite()
     if value is None or isinstance(value, (bool, int, dt.date, dt.time, uuid.UUID)):
         return False
+    if isinstance(value, enum.Enum):
+        return is_bad(value.value)
     if isinstance(value, Mapping):
         return any(is_bad(key) or is_bad(item) for key, item in value.items())
     if isinstance(value, (list, tuple)):
@@ -130,6 +141,8 @@ def expected_json(value: Any) -> Any:
         return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
     if isinstance(value, (dt.date, uuid.UUID)):
         return str(value) if isinstance(value, uuid.UUID) else value.isoformat()
+    if isinstance(value, enum.Enum):
+        return expected_json(value.value)
     if isinstance(value, Mapping):
         return {key: expected_json(item) for key, item in value.items()}
     return [expected_json(item) for item in value]
@@ -145,6 +158,36 @@ def resolve(properties: Mapping[str, Any], path: str) -> Any:
     for subscript in _SUBSCRIPT.findall(path[len("properties") :]):
         value = value[ast.literal_eval(subscript)]
     return value
+
+
+# ---------------------------------------------------------------- encode()
+
+
+@pytest.fixture(params=["orjson", "stdlib"])
+def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both of ``encode``'s paths: orjson where it is installed, the stdlib's without it."""
+    if request.param == "stdlib":
+        monkeypatch.setattr(events, "use_orjson", False)
+    elif not events.use_orjson:
+        pytest.skip("orjson is not installed on this interpreter")
+    return str(request.param)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(properties=any_properties)
+def test_both_encoders_refuse_the_same_values_and_write_the_same_numbers(
+    encoder: str, properties: dict[str, Any]
+) -> None:
+    try:
+        data = events.encode(properties)
+    except events.UnencodableValue as error:
+        assert is_bad(properties), f"{encoder} refused a good value: {error}"
+        assert is_bad(resolve(properties, "properties" + error.path)), str(error)
+        return
+    assert not is_bad(properties), f"{encoder} accepted a value JSON cannot carry"
+    assert json.loads(data, parse_float=decimal.Decimal) == expected_json(properties)
 
 
 # ---------------------------------------------------------------- track()
