@@ -37,6 +37,7 @@ from .store import EventQuery, Page, Position, Store, StoreUnavailable, open_sto
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_RETRY_AFTER",
     "BatchError",
     "LocalServer",
     "ReceiverApp",

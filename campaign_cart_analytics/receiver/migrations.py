@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .store import StoreUnavailable
+
 TABLE = "schema_migrations"
 
 # Version 1 also adopts a file written before migrations existed: same tables.
@@ -72,8 +74,8 @@ POSTGRES: Sequence[str] = (
 )
 
 
-class SchemaTooNew(Exception):
-    """The database was migrated by a newer release than this one."""
+class SchemaTooNew(StoreUnavailable):
+    """The database was migrated by a newer release than this one: 503 until upgraded."""
 
 
 def pending(applied: int, migrations: Sequence[str]) -> list[tuple[int, str]]:
