@@ -1,8 +1,8 @@
 """Flushing at the end of a handler: ``Analytics.flushing(timeout)`` and awaitable flushes.
 
-``Flushing`` is a context manager and a decorator, for plain functions and
-``async def`` ones alike; on a coroutine function the flush runs after the
-coroutine finished, in a thread, so the event loop is not blocked.
+``Flushing`` is a context manager and a decorator, for plain functions,
+``async def`` ones and generators of both kinds; where an event loop waits
+for the flush, it runs in a thread, so the loop is not blocked.
 ``in_thread`` runs a blocking call on a daemon thread of its own and awaits
 it: a cancelled wait does not keep ``asyncio.run()`` from returning.
 """
@@ -15,7 +15,6 @@ import functools
 import inspect
 import threading
 from collections.abc import Awaitable
-from contextlib import ContextDecorator
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from ._logging import logger
@@ -27,11 +26,17 @@ if TYPE_CHECKING:
 _Function = TypeVar("_Function", bound=Callable[..., Any])
 
 
-class Flushing(ContextDecorator):
+class Flushing:
     """``Analytics.flushing(timeout)``: flush at the end of a block or decorated function.
 
-    On an ``async def`` function the flush runs after the coroutine finished,
-    in a thread, so the event loop is not blocked; ``async with`` works too.
+    What "the end" is depends on what is decorated: a function's return (or
+    raise); an ``async def`` function's coroutine finishing; a generator's or
+    async generator's last item (or its close), so the events tracked while it
+    is iterated (a streamed response body) are in the flush. A plain callable
+    that returns an awaitable (an object with ``async def __call__``, a sync
+    wrapper around a coroutine function) is flushed after that is awaited.
+    Wherever an event loop waits, the flush runs in a thread, so the loop is
+    not blocked; ``async with`` works too.
     """
 
     def __init__(self, client: Analytics, timeout: Optional[float]) -> None:
@@ -40,15 +45,59 @@ class Flushing(ContextDecorator):
         self.delivered: Optional[bool] = None  # set when the block ends
 
     def __call__(self, func: _Function) -> _Function:
-        if not inspect.iscoroutinefunction(func):
-            return super().__call__(func)
+        if inspect.iscoroutinefunction(func):
+            wrapper: Callable[..., Any] = self._after_coroutine(func)
+        elif inspect.isasyncgenfunction(func):
+            wrapper = self._after_async_generator(func)
+        elif inspect.isgeneratorfunction(func):
+            wrapper = self._after_generator(func)
+        else:
+            wrapper = self._after_call(func)
+        return functools.wraps(func)(wrapper)  # type: ignore[return-value]
 
-        @functools.wraps(func)
+    def _after_coroutine(self, func: Callable[..., Any]) -> Callable[..., Any]:
         async def flushed_after(*args: Any, **kwargs: Any) -> Any:
             async with self:
                 return await func(*args, **kwargs)
 
-        return flushed_after  # type: ignore[return-value]
+        return flushed_after
+
+    def _after_async_generator(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        async def flushed_after(*args: Any, **kwargs: Any) -> Any:
+            async with self:
+                items = func(*args, **kwargs)
+                try:
+                    async for item in items:
+                        yield item
+                finally:
+                    await items.aclose()
+
+        return flushed_after
+
+    def _after_generator(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        def flushed_after(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return (yield from func(*args, **kwargs))
+
+        return flushed_after
+
+    def _after_call(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        def flushed_after(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = func(*args, **kwargs)
+            except BaseException:
+                self.__exit__()
+                raise
+            if inspect.isawaitable(result):
+                return self._after_awaiting(result)  # the events come when it is awaited
+            self.__exit__()
+            return result
+
+        return flushed_after
+
+    async def _after_awaiting(self, awaitable: Awaitable[Any]) -> Any:
+        async with self:
+            return await awaitable
 
     def __enter__(self) -> Flushing:
         return self

@@ -263,3 +263,98 @@ def test_sigterm_delivers_what_was_queued_and_exits_within_the_bound() -> None:
         assert "not every analytics event was delivered within shutdown_timeout_ms" in stderr
     finally:
         receiver.close()
+
+
+# ---------------------------------------------------------------- awaitable flushes, on a real loop
+
+
+async def ticking_while(work: Any) -> tuple[Any, list[float]]:
+    """Await ``work`` while a task ticks every 10 ms; its result and the gaps between ticks."""
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        result = await work
+    finally:
+        ticker.cancel()
+    return result, [later - earlier for earlier, later in zip(ticks, ticks[1:])]
+
+
+def test_shutdown_async_waits_for_a_slow_endpoint_while_the_loop_runs(
+    make_client: Any, receiver: Receiver
+) -> None:
+    receiver.respond = lambda request: Reply(202, delay=0.4)
+    client = make_client(batch_interval_ms=60_000)
+    client.track("e")
+    started = time.monotonic()
+    done, gaps = asyncio.run(ticking_while(client.shutdown_async(timeout=5)))
+    assert done is True and time.monotonic() - started >= 0.4
+    assert len(gaps) >= 20 and max(gaps) < 0.15, max(gaps)  # the loop never stood still
+    assert len(receiver.delivered_events()) == 1 and client.track("late") is None
+
+
+def test_flushing_an_async_generator_flushes_after_its_last_item(
+    make_client: Any, receiver: Receiver
+) -> None:
+    """A streamed body's generator: its events are tracked while it is iterated."""
+    receiver.respond = lambda request: Reply(202, delay=0.3)
+    client = make_client(batch_interval_ms=60_000)
+
+    @client.flushing(timeout=5)
+    async def body() -> Any:
+        for part in range(3):
+            client.track("part", {"part": part})
+            yield part
+
+    async def consume() -> list[int]:
+        return [part async for part in body()]
+
+    parts, gaps = asyncio.run(ticking_while(consume()))
+    assert parts == [0, 1, 2]
+    assert [e["part"] for e in receiver.delivered_events()] == [0, 1, 2]  # before it ended
+    assert max(gaps) < 0.15, max(gaps)
+
+
+def test_flushing_a_callable_that_returns_a_coroutine_flushes_after_awaiting_it(
+    make_client: Any, receiver: Receiver
+) -> None:
+    receiver.respond = lambda request: Reply(202, delay=0.3)
+    client = make_client(batch_interval_ms=60_000)
+
+    class Handler:  # inspect.iscoroutinefunction() says no to it
+        async def __call__(self, n: int) -> int:
+            await asyncio.sleep(0.01)
+            client.track("handled", {"n": n})
+            return n
+
+    handler = client.flushing(timeout=5)(Handler())
+    n, gaps = asyncio.run(ticking_while(handler(7)))
+    assert n == 7 and [e["n"] for e in receiver.delivered_events()] == [7]
+    assert max(gaps) < 0.15, max(gaps)
+
+
+def test_flushing_a_generator_or_a_failing_function(make_client: Any, receiver: Receiver) -> None:
+    client = make_client(batch_interval_ms=60_000)
+    flushing = client.flushing(timeout=5)
+
+    @flushing
+    def rows() -> Any:
+        for row in range(2):
+            client.track("row", {"row": row})
+            yield row
+
+    @flushing
+    def failing() -> None:
+        client.track("row", {"row": "failing"})
+        raise KeyError("the handler's own")
+
+    assert list(rows()) == [0, 1]
+    assert [e["row"] for e in receiver.delivered_events()] == [0, 1]
+    with pytest.raises(KeyError, match="the handler's own"):
+        failing()
+    assert flushing.delivered is True and len(receiver.delivered_events()) == 3
