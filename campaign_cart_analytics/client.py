@@ -46,6 +46,7 @@ from .events import (
 from .flushing import Flushing, in_thread
 from .pending import PendingEvents
 from .shutdown_clock import ShutdownClock
+from .spool import SpooledEvents
 from .stats import Stats
 from .transport import Transport
 from .worker import Worker, report_error
@@ -63,11 +64,15 @@ class _ProcessState:
 
     def __init__(self, config: Config) -> None:
         self.pid = os.getpid()
-        self.pending = PendingEvents(
-            batch_size=config.batch_size,
-            max_size=config.max_queue_size,
-            interval=config.batch_interval_ms / 1000,
-        )
+        self.pending: PendingEvents
+        if config.spool_path is not None:  # durable: the worker drains it the same way
+            self.pending = SpooledEvents(config)
+        else:
+            self.pending = PendingEvents(
+                batch_size=config.batch_size,
+                max_size=config.max_queue_size,
+                interval=config.batch_interval_ms / 1000,
+            )
         self.clock = ShutdownClock()
         self.transport = Transport(config, self.clock)
         self.worker = Worker(config, self.pending, self.transport, self.clock)
@@ -105,6 +110,12 @@ class Analytics:
     - ``compression``: None or ``"gzip"`` (``Content-Encoding: gzip``).
     - ``client_cert``: a PEM file, or a (cert, key) pair, for mutual TLS.
     - ``proxy``: a proxy URL for this client; None uses the environment's.
+    - ``spool_path``: a file where events are kept until delivered (SQLite): an event is
+      on disk before ``track()`` returns, survives a crash or restart, and outlasts any
+      outage. ``spool_sync``: ``"normal"`` (survives a process crash) or ``"full"`` (also
+      a power loss, at an fsync per event). ``spool_max_bytes``: beyond this new events
+      are refused. ``spool_max_pause_ms``: the longest pause between tries of events
+      whose retries ran out.
     """
 
     def __init__(
@@ -127,6 +138,10 @@ class Analytics:
         compression: Optional[str] = None,
         client_cert: Union[str, tuple[str, str], None] = None,
         proxy: Optional[str] = None,
+        spool_path: Union[str, os.PathLike[str], None] = None,
+        spool_sync: str = "normal",
+        spool_max_bytes: int = 256 * 2**20,
+        spool_max_pause_ms: int = 300_000,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -149,6 +164,10 @@ class Analytics:
             compression=compression,
             client_cert=client_cert,
             proxy=proxy,
+            spool_path=spool_path,
+            spool_sync=spool_sync,
+            spool_max_bytes=spool_max_bytes,
+            spool_max_pause_ms=spool_max_pause_ms,
         )
         self._events = EventFactory()
         self._state = _ProcessState(self.config)
@@ -159,6 +178,8 @@ class Analytics:
         _lifecycle.created(self)
         if self.config.enabled:
             warn_if_threads_cannot_run()
+            if self._state.pending.open():  # events an earlier run left in the spool
+                self._ensure_worker(self._state)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Analytics:
@@ -289,10 +310,13 @@ class Analytics:
         self._transform_failed(final, error, pending)
 
     def _refused(self, counter: str, event: dict[str, Any]) -> None:
-        if counter == "dropped_queue_full":
+        if counter in ("dropped_queue_full", "dropped_spool_full"):
             message = (
                 f"queue full ({self.config.max_queue_size} events waiting): event "
                 f"{event.get('event')!r} dropped; is the endpoint slow or down? see stats()"
+                if counter == "dropped_queue_full"
+                else f"spool full ({self.config.spool_max_bytes} bytes, spool_max_bytes): "
+                f"event {event.get('event')!r} dropped; is the endpoint down? see stats()"
             )
             self._state.queue_full_log.log(logging.WARNING, "%s", message)
             report_error(self.config, [event], QueueFullError(message))
@@ -446,6 +470,7 @@ class Analytics:
         state.transport.stop_sending()  # ends its watchdog thread too: no thread outlives this
         if thread is None or not thread.is_alive():
             state.transport.close()
+        state.pending.detach()  # a spool leaves what is undelivered on disk for the next run
         _lifecycle.stopped(self)
         return settled and no_loss
 

@@ -37,6 +37,9 @@ MAX_BATCH_SIZE = 100
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 
+#: The smallest spool_max_bytes: a few pages of SQLite beyond its empty schema.
+MIN_SPOOL_BYTES = 64 * 1024
+
 #: Our option name -> the browser SDK's name for it.
 SEED_NAMES: Mapping[str, str] = types.MappingProxyType(
     {
@@ -57,6 +60,10 @@ SEED_NAMES: Mapping[str, str] = types.MappingProxyType(
         "compression": "compression",
         "client_cert": "clientCert",
         "proxy": "proxy",
+        "spool_path": "spoolPath",
+        "spool_sync": "spoolSync",
+        "spool_max_bytes": "spoolMaxBytes",
+        "spool_max_pause_ms": "spoolMaxPauseMs",
     }
 )
 _BY_ANY_NAME = {**{seed: ours for ours, seed in SEED_NAMES.items()}, **{o: o for o in SEED_NAMES}}
@@ -259,6 +266,35 @@ def _check_compression(_instance: Any, _attribute: attrs.Attribute[Any], value: 
         raise _rule_error("compression", value, "None or 'gzip'")
 
 
+def _spool_path(value: Any) -> Any:
+    """A path-like as an absolute str; anything else is left for the validator to refuse."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return _absolute_path(value)
+
+
+def _check_spool_path(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    rule = "None or the path of a file in an existing folder (the durable spool)"
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise _rule_error("spool_path", value, rule)
+    if os.path.isdir(value):
+        raise ConfigError(
+            f"{option_label('spool_path')} must be {rule}; got {_shown_path(value)}: a folder"
+        )
+    if not os.path.isdir(os.path.dirname(value)):
+        raise ConfigError(
+            f"{option_label('spool_path')} must be {rule}; got {_shown_path(value)}: "
+            "its folder does not exist"
+        )
+
+
+def _check_spool_sync(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in ("normal", "full"):
+        raise _rule_error("spool_sync", value, "'normal' or 'full'")
+
+
 def _freeze_headers(value: Any) -> Mapping[str, HeaderValue]:
     if not isinstance(value, Mapping):
         raise ConfigError(
@@ -312,6 +348,14 @@ class Config:
         default=None, converter=_tuple_if_list, validator=_check_client_cert
     )
     proxy: Optional[str] = attrs.field(default=None, validator=_check_proxy, repr=_proxy_repr)
+    spool_path: Optional[str] = attrs.field(
+        default=None, converter=_spool_path, validator=_check_spool_path
+    )
+    spool_sync: str = attrs.field(default="normal", validator=_check_spool_sync)
+    spool_max_bytes: int = attrs.field(
+        default=256 * 2**20, validator=_int_option(MIN_SPOOL_BYTES, 2**40)
+    )
+    spool_max_pause_ms: int = attrs.field(default=300_000, validator=_int_option(1, DAY_MS))
 
     def __attrs_post_init__(self) -> None:
         if self.max_queue_size < self.batch_size:

@@ -140,7 +140,7 @@ class PendingEvents:
     def take_ready(self) -> Optional[TakenBatch]:
         """The next batch if one is due now (full, interval over, flushed, closing), or None."""
         with self._lock:
-            due = self._batch_due_at()
+            due = self._queue_due_at()
             if due is None or due > time.monotonic():
                 return None
             count = min(self._batch_size, len(self._items))
@@ -191,6 +191,14 @@ class PendingEvents:
             return False
         self.release(batch)
         return True
+
+    def keep(
+        self, batch: TakenBatch, kind: str, *, batch_id: str, status: Optional[int], problem: str
+    ) -> bool:
+        """Asked before a batch is dropped (``kind``: the last answer's): True if the store
+        keeps its events for a later attempt instead. Memory keeps nothing; the durable
+        spool (``spool.SpooledEvents``) keeps what was not rejected for good."""
+        return False
 
     def count(self, batch: TakenBatch, counter: str, problem: Optional[str] = None) -> bool:
         """Count the batch's fate; a shutdown no longer sees it. ``release`` follows.
@@ -307,6 +315,15 @@ class PendingEvents:
             self._work_ready.notify()
             return texts
 
+    def open(self) -> int:
+        """Get the store ready; how many events it took over from an earlier run (memory:
+        none). The spool opens its file here."""
+        return 0
+
+    def detach(self) -> None:
+        """The client is done with the store (after shutdown): nothing to do in memory; the
+        spool hands what it still holds to the next client and closes its file."""
+
     # ------------------------------------------------------------ reading
 
     def stats(self) -> Stats:
@@ -316,7 +333,11 @@ class PendingEvents:
     # ------------------------------------------------------------ internals (lock held)
 
     def _batch_due_at(self) -> Optional[float]:
-        """When the next batch is due: full, flushed or closing now; else its interval."""
+        """When the worker has a batch to take next (the spool adds its file's)."""
+        return self._queue_due_at()
+
+    def _queue_due_at(self) -> Optional[float]:
+        """When the queue's next batch is due: full, flushed or closing now; else its interval."""
         if not self._items:
             return None
         if (

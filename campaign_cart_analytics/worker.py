@@ -311,6 +311,12 @@ class Worker:
     # ------------------------------------------------------------ giving up
 
     def _give_up(self, job: Job, answer: Answer, why: str) -> None:
+        kept = self._pending.keep(
+            job.batch, answer.kind, batch_id=job.batch_id, status=answer.status,
+            problem=f"{answer.problem} ({why})",
+        )  # fmt: skip
+        if kept:  # a durable store holds the events for a later attempt
+            return
         at_shutdown = why == "shutdown deadline reached"
         kind: type[DeliveryError] = ShutdownDropError if at_shutdown else DeliveryError
         counter = "dropped_shutdown" if at_shutdown else "dropped_delivery"

@@ -1,0 +1,290 @@
+"""``SpoolRows``: this process's connection to the spool file and every statement it runs.
+
+``SpooledEvents`` (``spool``) keeps the books; this module moves rows. It
+knows the file only through the statements below, all on one connection per
+process (a forked child opens its own; the copy it inherited is kept alive
+and never used, since closing it could disturb the parent's locks).
+
+Callers hold ``SpooledEvents``' lock: one thread at a time uses the
+connection. A write that fails (the file busy for longer than the busy
+timeout, a full disk) is kept and tried again at the next ``upkeep``; the
+rows stay claimed by this process meanwhile, so nobody else sends them.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import weakref
+from typing import Any, Optional
+
+import attrs
+
+from ._logging import logger
+from .spool_file import (
+    adopt_orphans,
+    connect,
+    is_corrupt,
+    move_aside,
+    new_owner_token,
+    register_owner,
+)
+
+Statement = tuple[str, tuple[Any, ...]]
+
+_INSERT = "INSERT INTO events (body, owner, queued_at) VALUES (?, ?, ?)"
+_CLAIM = "SELECT id, body, deferrals FROM events WHERE owner = ? AND state = 0 ORDER BY id LIMIT ?"
+_MARK_CLAIMED = "UPDATE events SET state = 1 WHERE owner = ? AND state = 0 AND id <= ?"
+_NEXT_READY = "SELECT id, queued_at FROM events WHERE owner = ? AND state = 0 ORDER BY id LIMIT 1"
+_COUNT_READY = "SELECT count(*) FROM events WHERE owner = ? AND state = 0"
+_HIGHEST = "SELECT max(id) FROM events WHERE owner = ?"
+_READMIT = "UPDATE events SET state = 0 WHERE owner = ? AND state = 2 AND not_before <= ?"
+_NEXT_DEFERRED = "SELECT min(not_before) FROM events WHERE owner = ? AND state = 2"
+_UNKNOWN_OWNERS = (
+    "UPDATE events SET owner = ?, state = 0, not_before = 0 "
+    "WHERE owner NOT IN (SELECT token FROM owners)"
+)
+_HAND_OVER = "UPDATE events SET owner = NULL, state = 0, not_before = 0 WHERE owner = ?"
+_DELETE = "DELETE FROM events WHERE id IN ({})"
+_DEFER = "UPDATE events SET state = 2, not_before = ?, deferrals = deferrals + ? WHERE id IN ({})"
+_DEAD_LETTER = (
+    "INSERT INTO dead_letters (body, batch_id, status, problem, failed_at) "
+    "SELECT body, ?, ?, ?, ? FROM events WHERE id IN ({}) ORDER BY id"
+)
+
+
+def _in(template: str, ids: tuple[int, ...]) -> str:
+    return template.format(",".join("?" * len(ids)))
+
+
+@attrs.frozen
+class OwnRows:
+    """What this process answers for, read back after rows changed hands or came due."""
+
+    ready: int
+    highest: int  # the highest row id it owns, 0 if none
+    next_ready: Optional[tuple[int, float]]  # (id, queued_at) of the lowest ready row
+    next_deferred_due: Optional[float]  # epoch seconds
+
+
+_live: weakref.WeakSet[SpoolRows] = weakref.WeakSet()
+_inherited: list[sqlite3.Connection] = []  # connections no code path uses any more
+
+
+def _retire_connections_in_child() -> None:
+    for rows in list(_live):
+        rows.retire()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_retire_connections_in_child)
+
+
+class SpoolRows:
+    """One process's connection to a spool file, registered there as an owner."""
+
+    def __init__(self, path: str, *, sync: str, put_wait: float) -> None:
+        """Open (or create) the file and take over what no live process answers for.
+
+        A file that is not a database is moved aside (ERROR log) and a fresh one made.
+        Raises ``sqlite3.Error``, ``SpoolUnusable`` or ``OSError`` when it cannot be used.
+        """
+        self.path = path
+        self.token = new_owner_token()
+        self.adopted = 0
+        self._failed: list[list[Statement]] = []
+        db = self._connect(sync)
+        try:
+            db.execute("PRAGMA wal_autocheckpoint=0")  # upkeep checkpoints, not track()
+            db.execute(f"PRAGMA busy_timeout={int(put_wait * 1000)}")
+            self._db: Optional[sqlite3.Connection] = db
+            self._transaction(self._register_and_adopt)
+        except BaseException:
+            db.close()
+            raise
+        _live.add(self)
+
+    def _connect(self, sync: str) -> sqlite3.Connection:
+        try:
+            return connect(self.path, sync=sync)
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            aside = move_aside(self.path)
+            logger.error(
+                "Spool %s is not a usable SQLite file (%s); moved aside to %s and a fresh "
+                "one started: the events in it were not sent",
+                self.path, exc, aside,
+            )  # fmt: skip
+            return connect(self.path, sync=sync)
+
+    def _register_and_adopt(self, db: sqlite3.Connection) -> None:
+        register_owner(db, self.token)
+        self.adopted = adopt_orphans(db, self.token)
+        self.adopted += db.execute(_UNKNOWN_OWNERS, (self.token,)).rowcount
+
+    @property
+    def usable(self) -> bool:
+        return self._db is not None
+
+    def retire(self) -> None:
+        """Stop using the connection without closing it (after a fork, or a damaged file
+        other processes may still be using)."""
+        if self._db is not None:
+            _inherited.append(self._db)
+            self._db = None
+
+    # ------------------------------------------------------------ track() and the worker
+
+    def insert(self, text: bytes) -> int:
+        """Commit one encoded event; its row id. Raises ``sqlite3.Error``."""
+        row = self._conn().execute(_INSERT, (text, self.token, time.time())).lastrowid
+        assert row is not None
+        return row
+
+    def claim(self, limit: int) -> tuple[list[tuple[int, bytes, int]], Optional[tuple[int, float]]]:
+        """Mark this process's oldest ``limit`` ready rows as in flight: their
+        ``(id, body, deferrals)``, and ``(id, queued_at)`` of the next ready row."""
+
+        def claim(db: sqlite3.Connection) -> Any:
+            rows = db.execute(_CLAIM, (self.token, limit)).fetchall()
+            if rows:
+                db.execute(_MARK_CLAIMED, (self.token, rows[-1][0]))
+            return rows, db.execute(_NEXT_READY, (self.token,)).fetchone()
+
+        result: tuple[list[tuple[int, bytes, int]], Optional[tuple[int, float]]]
+        result = self._transaction(claim)
+        return result
+
+    def delete(self, ids: tuple[int, ...]) -> None:
+        self._write([(_in(_DELETE, ids), ids)])
+
+    def defer(self, ids: tuple[int, ...], not_before: float, *, count: bool = True) -> None:
+        """Set rows aside until ``not_before`` (epoch seconds); ``count``: one more deferral."""
+        self._write([(_in(_DEFER, ids), (not_before, int(count), *ids))])
+
+    def dead_letter(
+        self, ids: tuple[int, ...], batch_id: str, status: Optional[int], problem: str
+    ) -> None:
+        self._write(
+            [
+                (_in(_DEAD_LETTER, ids), (batch_id, status, problem[:1000], time.time(), *ids)),
+                (_in(_DELETE, ids), ids),
+            ]
+        )
+
+    # ------------------------------------------------------------ upkeep
+
+    def heartbeat(self) -> bool:
+        """Say this process is alive; False if another had taken it for dead meanwhile."""
+        db = self._conn()
+        beat = "UPDATE owners SET heartbeat = ? WHERE token = ?"
+        if db.execute(beat, (time.time(), self.token)).rowcount:
+            return True
+        register_owner(db, self.token)
+        return False
+
+    def upkeep(self, deferred_due: Optional[float]) -> tuple[int, int, bool]:
+        """Failed writes again, heartbeat, rows of dead owners taken over, deferred rows
+        whose time came made ready; then a WAL checkpoint. Returns (adopted,
+        readmitted, alive: whether the heartbeat found this owner still registered)."""
+        db = self._conn()
+        while self._failed:
+            self._run(db, self._failed[0])
+            self._failed.pop(0)
+
+        def upkeep(db: sqlite3.Connection) -> tuple[int, int, bool]:
+            alive = self.heartbeat()
+            adopted = adopt_orphans(db, self.token)
+            readmitted = 0
+            if deferred_due is not None and deferred_due <= time.time():
+                readmitted = db.execute(_READMIT, (self.token, time.time())).rowcount
+            return adopted, readmitted, alive
+
+        result: tuple[int, int, bool] = self._transaction(upkeep)
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return result
+
+    def own_rows(self) -> OwnRows:
+        db = self._conn()
+        return OwnRows(
+            ready=db.execute(_COUNT_READY, (self.token,)).fetchone()[0],
+            highest=db.execute(_HIGHEST, (self.token,)).fetchone()[0] or 0,
+            next_ready=db.execute(_NEXT_READY, (self.token,)).fetchone(),
+            next_deferred_due=db.execute(_NEXT_DEFERRED, (self.token,)).fetchone()[0],
+        )
+
+    def used_bytes(self) -> int:
+        """Bytes of the file in use (free pages left by deleted rows excluded)."""
+        db = self._conn()
+        page_size, pages, free = (
+            db.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("page_size", "page_count", "freelist_count")
+        )
+        return int((pages - free) * page_size)
+
+    def gauges(self) -> tuple[int, int]:
+        """Events and dead letters in the whole file."""
+        db = self._conn()
+        return (
+            db.execute("SELECT count(*) FROM events").fetchone()[0],
+            db.execute("SELECT count(*) FROM dead_letters").fetchone()[0],
+        )
+
+    def hand_over(self) -> None:
+        """Leave every row of this process to whoever looks next, unregister, close."""
+        db = self._conn()
+        try:
+            while self._failed:
+                self._run(db, self._failed.pop(0))
+
+            def hand_over(db: sqlite3.Connection) -> None:
+                db.execute(_HAND_OVER, (self.token,))
+                db.execute("DELETE FROM owners WHERE token = ?", (self.token,))
+
+            self._transaction(hand_over)
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            self._db = None
+            db.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.OperationalError("the spool connection is closed")
+        return self._db
+
+    def _write(self, statements: list[Statement]) -> None:
+        """Run writes now; if that fails, keep them for the next upkeep and re-raise."""
+        try:
+            self._run(self._conn(), statements)
+        except sqlite3.Error:
+            self._failed.append(statements)
+            raise
+
+    def _run(self, db: sqlite3.Connection, statements: list[Statement]) -> None:
+        if len(statements) == 1:
+            db.execute(*statements[0])
+            return
+
+        def run_all(db: sqlite3.Connection) -> None:
+            for statement in statements:
+                db.execute(*statement)
+
+        self._transaction(run_all)
+
+    def _transaction(self, work: Any) -> Any:
+        """``work(db)`` in one ``BEGIN IMMEDIATE`` transaction: the write lock is taken
+        up front, so no other process changes the rows between its reads and writes."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.rollback()
+            raise
+        return result
