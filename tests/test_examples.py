@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from receiver import Receiver, Reply, refused_url
+from helpers import wait_until
+from receiver import Receiver, Reply, free_port, refused_url
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -101,3 +103,57 @@ def test_django_project_tracks_through_the_middleware(receiver: Receiver, tmp_pa
     assert event["event"] == "dl_add_to_cart" and event["ecommerce"]["value"] == 29.99
     assert event["attribution"] == {"source": "google", "campaign": "summer_sale"}
     assert event["user_properties"]["session_id"]
+
+
+def test_fastapi_app_under_uvicorn_tracks_and_delivers_at_sigterm(receiver: Receiver) -> None:
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(EXAMPLES), "--port", str(port),
+         "fastapi_app:app"],
+        env={**os.environ, "CCA_ENDPOINT": receiver.url, "CCA_TOKEN": "t"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as browser:
+
+            def answers() -> bool:
+                try:
+                    return browser.get("/docs").status_code == 200
+                except httpx.HTTPError:
+                    return server.poll() is not None
+
+            assert wait_until(answers, timeout=20) and server.poll() is None, (
+                "uvicorn did not start"
+            )
+            added = browser.post(
+                "/cart/items?utm_source=google&utm_medium=cpc",
+                json={"item_id": "SKU123", "price": 29.99, "quantity": 2},
+            )
+            assert added.status_code == 201 and added.json() == {
+                "item_id": "SKU123",
+                "value": 59.98,
+            }
+            assert receiver.requests == []  # queued, not yet sent: a batch holds 20
+            checkout = browser.post("/checkout?order_id=A-1")
+            assert checkout.json() == {"order_id": "A-1", "recorded": True}
+            assert len(receiver.delivered_events()) == 2  # flushed before it answered
+            browser.post("/cart/items", json={"item_id": "SKU9", "price": 5})
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=30)
+    cart, purchase, queued_at_exit = receiver.delivered_in_tracking_order()  # the last at SIGTERM
+    assert cart["event"] == "dl_add_to_cart" and cart["ecommerce"]["value"] == 59.98
+    assert cart["attribution"] == {"source": "google", "medium": "cpc"}
+    assert purchase["ecommerce"]["transaction_id"] == "A-1" and "attribution" not in purchase
+    assert queued_at_exit["ecommerce"]["items"][0]["item_id"] == "SKU9"
+    session_id = cart["user_properties"]["session_id"]
+    assert len(session_id) == 32 and added.cookies["cca_session_id"] == session_id
+    assert (
+        purchase["user_properties"]
+        == queued_at_exit["user_properties"]
+        == {"session_id": session_id}
+    )
+    assert receiver.requests[0].headers["authorization"] == "Bearer t"
+    assert "Traceback" not in stderr

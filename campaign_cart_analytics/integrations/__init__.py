@@ -1,4 +1,6 @@
-"""Framework integrations: ``integrations.django`` and ``integrations.flask``.
+"""Framework integrations: ``integrations.django``, ``integrations.flask``, ``integrations.asgi``.
+
+``integrations.asgi`` serves FastAPI, Starlette and any other ASGI app.
 
 Each sets a request context on the client (``Analytics.context``) so that
 every event tracked while handling a request carries the visitor's
