@@ -80,7 +80,7 @@ def cookie_header(messages: list[dict[str, Any]]) -> list[str]:
 )
 @given(
     st.one_of(
-        st.text(st.characters(codec="latin-1", exclude_characters=";"), max_size=300),
+        st.text(st.sampled_from([chr(c) for c in range(256) if chr(c) != ";"]), max_size=300),
         st.just(uuid.uuid4().hex),
         st.builds(lambda tail: uuid.uuid4().hex + tail, st.text(max_size=5).filter(bool)),
     )

@@ -72,7 +72,8 @@ _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 #: RFC 6265 cookie-name characters (an HTTP token).
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
-_unconfigured_log = RateLimitedLog(60.0)
+#: How often a middleware may warn that the module-level client is not configured, in seconds.
+UNCONFIGURED_WARNING_INTERVAL = 60.0
 
 
 class AnalyticsMiddleware:
@@ -111,6 +112,7 @@ class AnalyticsMiddleware:
         self.app = app
         self._analytics = analytics
         self._cookie = _CookieRules(cookie_name, cookie_max_age)
+        self._unconfigured_log = RateLimitedLog(UNCONFIGURED_WARNING_INTERVAL)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -128,7 +130,7 @@ class AnalyticsMiddleware:
         try:
             return cca.get_client()
         except RuntimeError:
-            _unconfigured_log.log(
+            self._unconfigured_log.log(
                 logging.WARNING,
                 "AnalyticsMiddleware: campaign_cart_analytics.configure(...) was not called; "
                 "requests go on without analytics context",
@@ -206,7 +208,7 @@ class _CookieRules:
         if self.max_age is not None:
             attributes.append(f"Max-Age={self.max_age}")
         attributes += ["HttpOnly", "SameSite=Lax"]
-        if scope.get("scheme") in ("https", "wss"):
+        if scope.get("scheme") == "https":
             attributes.append("Secure")
         return b"set-cookie", "; ".join(attributes).encode("latin-1")
 
