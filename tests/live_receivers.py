@@ -1,0 +1,99 @@
+"""A small receiver for the live view's tests: its page, and ``/events`` and ``/stats`` by contract.
+
+``PagedReceiver(cursor=True)`` speaks the paging contract: ``GET /events?limit=N``
+answers the latest N events oldest first, ``?after=CURSOR&limit=N`` those received
+after the cursor, and every answer carries ``next``. ``cursor=False`` speaks as a
+receiver without paging: the latest N, no ``next``, ``after`` ignored. Events are
+added straight into memory (``add``), and ``fail_with`` makes every answer an error
+until it is cleared, so that the page's two ways of polling and its handling of a
+failing receiver are tested whatever the reference receiver speaks.
+"""
+
+from __future__ import annotations
+
+import json
+import socketserver
+import threading
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from campaign_cart_analytics.receiver import live
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class PagedReceiver:
+    def __init__(self, *, cursor: bool) -> None:
+        self.cursor = cursor
+        self.fail_with: Optional[int] = None
+        self.queries: list[dict[str, str]] = []  # of each GET /events, in order
+        self._events: list[dict[str, Any]] = []  # position i + 1 is the cursor after event i
+        self._lock = threading.Lock()
+        self._server = make_server("127.0.0.1", 0, self, _Server, _QuietHandler)
+        self.base = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def start(self) -> PagedReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def add(self, *events: dict[str, Any]) -> None:
+        with self._lock:
+            self._events.extend(events)
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        path = environ["PATH_INFO"]
+        if path in live.PATHS:
+            return live.serve(environ, start_response)
+        if self.fail_with is not None:
+            return _json(start_response, self.fail_with, {"error": "the store is down"})
+        if path == "/stats":
+            with self._lock:
+                return _json(start_response, 200, {"events": len(self._events), "batches": 0,
+                             "duplicates": 0, "rejected_requests": 0, "by_event": {}})  # fmt: skip
+        query = {name: values[0] for name, values in parse_qs(environ["QUERY_STRING"]).items()}
+        with self._lock:
+            self.queries.append(query)
+            return _json(start_response, 200, self._page(query))
+
+    def _page(self, query: dict[str, str]) -> dict[str, Any]:
+        limit, name = int(query["limit"]), query.get("event")
+        numbered = [
+            (position, event)
+            for position, event in enumerate(self._events, start=1)
+            if name is None or event["event"] == name
+        ]
+        if not self.cursor:
+            return {"events": [event for _, event in numbered[-limit:]]}
+        if "after" in query:
+            page = [(p, e) for p, e in numbered if p > int(query["after"])][:limit]
+            end = page[-1][0] if page else int(query["after"])
+        else:
+            page, end = numbered[-limit:], len(self._events)
+        return {"events": [event for _, event in page], "next": str(end)}
+
+
+def _json(start_response: Callable[..., Any], status: int, body: Any) -> list[bytes]:
+    payload = json.dumps(body).encode()
+    start_response(
+        f"{status} X",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
+    )
+    return [payload]

@@ -1,0 +1,477 @@
+"""The receiver's live view (``GET /``) in a real headless Chromium, against real servers.
+
+One browser serves the module; each test opens its pages in a fresh context (its own
+sessionStorage). Batches are posted over HTTP to the receiver, in a thread
+(``serve``) or as the ``receive`` command in a subprocess, while the page is open, and
+the test waits for them to show up without a reload. The page polls every
+``INTERVAL_MS`` here (``?interval_ms=``), so each wait is a few hundred milliseconds.
+
+``paged`` is a small receiver speaking the ``/events`` contract both ways (with a
+``next`` cursor, and as a receiver that has none), so that both of the page's ways of
+asking for new events are tested whatever the reference receiver speaks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from live_receivers import PagedReceiver
+
+from campaign_cart_analytics.receiver import LocalServer, create_app, live, serve
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright (the test extra)")
+expect = playwright_api.expect
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+INTERVAL_MS = 100
+WAIT_MS = 5000  # for anything the page should show within a few polls; generous for 2 busy cores
+TOKEN = "s3cret-Token_42"
+ROWS = "#events > li"
+HOSTILE_NAME = '<img src=x onerror="window.__pwned=1">'
+HOSTILE_NOTE = "</script><script>window.__pwned=2</script>"
+HOSTILE_USER = "<svg onload=window.__pwned=3>"
+
+
+# ---------------------------------------------------------------- browser and servers
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is not installed (Debian's chromium package; .ci/run installs it)")
+    with playwright_api.sync_playwright() as playwright:
+        try:  # Playwright starts it with a fresh temporary user-data-dir of its own
+            launched = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
+            )
+        except playwright_api.Error as exc:
+            first_line = str(exc).strip().splitlines()[0]
+            pytest.skip(f"{CHROMIUM} cannot be launched: {first_line}")
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def context(browser: Any) -> Iterator[Any]:
+    fresh = browser.new_context()
+    fresh.set_default_timeout(WAIT_MS)
+    yield fresh
+    fresh.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[LocalServer]:
+    local = serve(create_app())
+    yield local
+    local.stop()
+
+
+@pytest.fixture(params=["cursor", "no cursor"])
+def paged(request: pytest.FixtureRequest) -> Iterator[PagedReceiver]:
+    server = PagedReceiver(cursor=request.param == "cursor").start()
+    yield server
+    server.stop()
+
+
+class ReceiveCommand:
+    """``campaign-cart-analytics receive`` in a subprocess; its log goes to a file."""
+
+    def __init__(self, log: Path, *args: str, port: int = 0) -> None:
+        self.log = log
+        with log.open("a") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "campaign_cart_analytics", "receive",
+                 "--host", "127.0.0.1", "--port", str(port), *args],
+                stdout=subprocess.PIPE, stderr=stderr, text=True,
+            )  # fmt: skip
+        assert self.process.stdout is not None
+        first_line = self.process.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:([0-9]+)/", first_line)
+        assert found, f"{first_line!r}; log: {log.read_text()}"
+        self.port = int(found.group(1))
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.communicate(timeout=10)
+
+
+def base_of(server: LocalServer) -> str:
+    return f"http://{server.host}:{server.port}"
+
+
+def open_live(context: Any, base: str, fragment: str = "") -> tuple[Any, list[Any]]:
+    """The live view in a new tab, and the list of requests it makes (kept up to date)."""
+    page = context.new_page()
+    requests: list[Any] = []
+    page.on("request", lambda request: requests.append(request))
+    page.goto(f"{base}/?interval_ms={INTERVAL_MS}{fragment}")
+    return page, requests
+
+
+def event(name: str, **properties: Any) -> dict[str, Any]:
+    return {"event": name, "event_id": f"live_{uuid.uuid4().hex[:12]}",
+            "event_time": "2026-12-02T18:30:00.123Z", **properties}  # fmt: skip
+
+
+def post(base: str, events: list[dict[str, Any]], token: Optional[str] = None) -> int:
+    """POST a batch in the wire format; the status."""
+    body = {"events": events, "batch_info": {"size": len(events), "source": "next-campaign-cart",
+            "timestamp": "2026-12-02T18:30:01.000Z", "batch_id": f"b_{uuid.uuid4().hex}"}}  # fmt: skip
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"{base}/analytics", data=json.dumps(body).encode(), headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def shown_names(page: Any) -> list[str]:
+    return [str(name) for name in page.locator(f"{ROWS} .name").all_text_contents()]
+
+
+def wait_rows(page: Any, count: int) -> None:
+    """Wait until the list shows ``count`` rows (checked every frame, not every 100+ ms)."""
+    try:
+        page.wait_for_function(
+            "([rows, count]) => document.querySelectorAll(rows).length === count", arg=[ROWS, count]
+        )  # a function, not an expression: the page's CSP forbids eval
+    except playwright_api.Error:
+        shown, status = page.locator(ROWS).count(), page.locator("#status").text_content()
+        raise AssertionError(f"{shown} rows shown, not {count}; status: {status!r}") from None
+
+
+def wait_state(page: Any, state: str) -> None:
+    page.wait_for_selector(f"#status[data-state={state}]", state="attached")
+
+
+def json_view(row: Any) -> Any:
+    """What a row's expandable JSON view shows, opened by a click."""
+    row.locator("summary").click()
+    expect(row.locator("pre")).not_to_be_empty()  # filled by the toggle event, a task later
+    return json.loads(row.locator("pre").text_content())
+
+
+def events_queries(requests: list[Any]) -> list[dict[str, str]]:
+    """The query of each ``GET /events`` the page made, in order."""
+    queries = []
+    for request in list(requests):
+        path, _, query = request.url.partition("?")
+        if path.endswith("/events"):
+            queries.append(dict(pair.split("=", 1) for pair in query.split("&") if pair))
+    return queries
+
+
+# ---------------------------------------------------------------- the files, over plain HTTP
+
+
+def fetch(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def test_the_page_is_static_files_under_a_strict_content_security_policy(
+    receiver: LocalServer,
+) -> None:
+    base = base_of(receiver)
+    status, headers, html = fetch(base + "/")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    policy = dict(
+        part.strip().split(" ", 1) for part in headers["Content-Security-Policy"].split(";")
+    )
+    assert policy["default-src"] == "'none'"
+    assert policy["script-src"] == policy["style-src"] == policy["connect-src"] == "'self'"
+    assert policy["frame-ancestors"] == policy["form-action"] == policy["base-uri"] == "'none'"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    text = html.decode()
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", text, re.S)
+    assert scripts == [(' src="live.js" defer', "")]  # no inline script for the policy to allow
+    assert not re.search(r"<style|\sstyle=|\son[a-z]+=", text)  # no inline style or handlers
+    for path, kind in (("/live.js", "text/javascript"), ("/live.css", "text/css")):
+        status, headers, body = fetch(base + path)
+        assert status == 200 and headers["Content-Type"].startswith(kind) and body
+        assert headers["Content-Security-Policy"] == live.CONTENT_SECURITY_POLICY
+    script = re.sub(r"^\s*//.*$", "", fetch(base + "/live.js")[2].decode(), flags=re.M)
+    assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(", script)
+    status, headers, body = fetch(base + "/", method="HEAD")
+    assert status == 200 and body == b"" and int(headers["Content-Length"]) == len(html)
+    status, headers, body = fetch(base + "/", method="POST")
+    assert status == 405 and headers["Allow"] == "GET, HEAD" and json.loads(body)["error"]
+    status, _, body = fetch(base + "/live.js/x")
+    assert status == 404 and "no such path" in json.loads(body)["error"]
+
+
+def test_demo_prints_the_live_view_address() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "campaign_cart_analytics", "demo"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    listening = re.search(r"http://127\.0\.0\.1:([0-9]+)/analytics", result.stdout)
+    assert listening, result.stdout
+    assert f"Live view on http://127.0.0.1:{listening.group(1)}/ " in result.stdout
+
+
+# ---------------------------------------------------------------- in the browser
+
+
+def test_events_appear_without_a_reload_with_the_counters(
+    context: Any, receiver: LocalServer
+) -> None:
+    base = base_of(receiver)
+    page, _ = open_live(context, base)
+    wait_state(page, "live")
+    expect(page.locator("#empty")).to_be_visible()
+    page.evaluate("window.__same_document = true")
+    user = {"user_id": "user_123", "session_id": "sess_123"}
+    sent = [event("dl_view_item", user_properties=user, ecommerce={"value": 99.99}),
+            event("dl_add_to_cart", user_properties=user), event("dl_purchase")]  # fmt: skip
+    assert post(base, sent) == 202
+    wait_rows(page, 3)
+    assert shown_names(page) == ["dl_purchase", "dl_add_to_cart", "dl_view_item"]  # newest first
+    assert page.evaluate("window.__same_document") is True  # no reload happened
+    first = page.locator(ROWS).last
+    assert first.locator(".id").text_content() == sent[0]["event_id"]
+    assert first.locator(".who").text_content() == "user_123 \u00b7 sess_123"
+    assert page.locator(ROWS).first.locator(".who").text_content() == ""
+    expect(page.locator("#stat-events")).to_have_text("3")
+    expect(page.locator("#stat-batches")).to_have_text("1")
+    assert post(base, sent[:1]) == 202  # a retried event: a duplicate, no second row
+    expect(page.locator("#stat-duplicates")).to_have_text("1")
+    expect(page.locator("#stat-batches")).to_have_text("2")
+    expect(page.locator("#by-event button")).to_have_count(3)
+    assert page.locator(ROWS).count() == 3
+    assert json_view(first) == sent[0]
+
+
+def test_the_filter_asks_the_receiver_and_survives_a_reload(
+    context: Any, receiver: LocalServer
+) -> None:
+    base = base_of(receiver)
+    post(base, [event("dl_view_item"), event("dl_purchase"), event("dl_view_item")])
+    page, requests = open_live(context, base)
+    wait_rows(page, 3)
+    page.fill("#filter", "dl_purchase")
+    page.press("#filter", "Enter")
+    wait_rows(page, 1)
+    assert page.url.endswith("#event=dl_purchase")
+    post(base, [event("dl_view_item"), event("dl_purchase")])
+    wait_rows(page, 2)
+    assert shown_names(page) == ["dl_purchase", "dl_purchase"]
+    assert events_queries(requests)[-1]["event"] == "dl_purchase"  # filtered by the receiver
+    page.reload()
+    expect(page.locator("#filter")).to_have_value("dl_purchase")
+    wait_rows(page, 2)
+    page.locator("#by-event button", has_text="dl_view_item").click()  # a name's count filters
+    wait_rows(page, 3)
+    assert set(shown_names(page)) == {"dl_view_item"} and page.url.endswith("#event=dl_view_item")
+    page.click("#clear-filter")
+    wait_rows(page, 5)
+    assert "#" not in page.url
+
+
+def test_hostile_event_data_is_shown_as_text_and_never_runs(
+    context: Any, receiver: LocalServer
+) -> None:
+    base = base_of(receiver)
+    context.add_init_script(
+        "window.__violations = [];"
+        "document.addEventListener('securitypolicyviolation', e => __violations.push(e.violatedDirective));"
+    )
+    page, requests = open_live(context, base)
+    hostile = event(HOSTILE_NAME, note=HOSTILE_NOTE, user_properties={"user_id": HOSTILE_USER})
+    hostile["event_id"] = '"><img src=x onerror=window.__pwned=4>'
+    assert post(base, [hostile]) == 202
+    wait_rows(page, 1)
+    row = page.locator(ROWS).first
+    assert row.locator(".name").text_content() == HOSTILE_NAME
+    assert row.locator(".id").text_content() == hostile["event_id"]
+    assert row.locator(".who").text_content() == HOSTILE_USER
+    expect(page.locator("#by-event button")).to_have_text(f"{HOSTILE_NAME} 1")
+    assert json_view(row) == hostile
+    page.wait_for_timeout(2 * INTERVAL_MS)  # time for an image to fail and its handler to run
+    assert page.evaluate("document.querySelectorAll('img, svg, body script').length") == 0
+    assert page.evaluate("document.scripts.length") == 1  # live.js alone
+    assert page.evaluate("window.__pwned") is None
+    assert page.evaluate("window.__violations") == []  # nothing hostile even got to be refused
+    assert not [r.url for r in requests if r.url.endswith("/x")]
+
+
+def test_any_event_name_and_properties_are_shown_exactly_as_sent(
+    context: Any, receiver: LocalServer
+) -> None:
+    base = base_of(receiver)
+    page, _ = open_live(context, base)
+    wait_state(page, "live")
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+        max_leaves=8,
+    )
+
+    @settings(max_examples=6, deadline=None, database=None)
+    @given(names=st.lists(st.text(min_size=1, max_size=60), min_size=1, max_size=6),
+           value=json_values)  # fmt: skip
+    def shown_as_sent(names: list[str], value: Any) -> None:
+        before = page.locator(ROWS).count()  # the earlier examples' events
+        sent = [event(name, note=value) for name in names]
+        assert post(base, sent) == 202
+        wait_rows(page, before + len(sent))
+        assert shown_names(page)[: len(sent)] == [e["event"] for e in reversed(sent)]
+        assert json_view(page.locator(ROWS).first) == sent[-1]
+
+    shown_as_sent()
+    assert page.evaluate("window.__pwned") is None
+
+
+def test_a_token_is_asked_for_kept_in_the_tab_and_never_put_in_a_url(
+    context: Any, tmp_path: Path
+) -> None:
+    command = ReceiveCommand(tmp_path / "receive.log", "--db", ":memory:", "--token", TOKEN)
+    try:
+        assert post(command.base, [event("dl_purchase")], token=TOKEN) == 202
+        page, requests = open_live(context, command.base)  # the page itself is public
+        status = page.locator("#status")
+        wait_state(page, "unauthorized")
+        expect(page.locator("#token")).to_be_focused()
+        page.fill("#token", "wrong-token")
+        page.press("#token", "Enter")
+        expect(status).to_contain_text("refused this token")
+        assert page.locator(ROWS).count() == 0
+        page.fill("#token", TOKEN)
+        page.click("#token-form button[type=submit]")
+        wait_rows(page, 1)
+        wait_state(page, "live")
+        expect(page.locator("#stat-events")).to_have_text("1")
+        assert page.evaluate("Object.values(sessionStorage)") == [TOKEN]
+        assert page.input_value("#token") == ""  # not left in the field either
+        page.reload()  # the tab keeps it
+        wait_rows(page, 1)
+        authorized = [r for r in requests if r.headers.get("authorization") == f"Bearer {TOKEN}"]
+        assert {r.url.split("?")[0].rsplit("/", 1)[1] for r in authorized} == {"events", "stats"}
+        assert not [r.url for r in requests if TOKEN in r.url] and TOKEN not in page.url
+        other, _ = open_live(context, command.base)  # another tab: asked again
+        wait_state(other, "unauthorized")
+        page.click("#forget-token")
+        wait_state(page, "unauthorized")
+    finally:
+        command.stop()
+    assert TOKEN not in command.log.read_text()
+
+
+def test_polling_goes_on_through_a_receiver_restart_and_says_when_it_is_down(
+    context: Any, tmp_path: Path
+) -> None:
+    database = str(tmp_path / "events.sqlite3")
+    command = ReceiveCommand(tmp_path / "receive.log", "--db", database)
+    try:
+        page, _ = open_live(context, command.base)
+        before = event("dl_view_item")
+        post(command.base, [before])
+        wait_rows(page, 1)
+    finally:
+        command.stop()
+    status = page.locator("#status")
+    wait_state(page, "unreachable")
+    expect(status).to_contain_text("Retrying in")
+    command = ReceiveCommand(tmp_path / "receive.log", "--db", database, port=command.port)
+    try:
+        post(command.base, [event("dl_purchase")])
+        wait_rows(page, 2)
+        wait_state(page, "live")
+        assert shown_names(page) == ["dl_purchase", "dl_view_item"]  # no row twice
+    finally:
+        command.stop()
+
+
+def test_new_events_are_asked_for_by_cursor_or_by_event_id_and_rows_stop_at_300(
+    context: Any, paged: PagedReceiver
+) -> None:
+    sent = [event(f"e{n}") for n in range(450)]
+    paged.add(*sent[:3])
+    page, _ = open_live(context, paged.base)
+    wait_rows(page, 3)
+    for start, end in ((3, 150), (150, 300), (300, 450)):  # fewer than a page (200) a time
+        paged.add(*sent[start:end])
+        page.wait_for_selector(f"{ROWS}[data-event-id={sent[end - 1]['event_id']}]")
+    wait_rows(page, 300)
+    assert shown_names(page) == [f"e{n}" for n in range(449, 149, -1)]  # no gap, no repeat
+    page.wait_for_timeout(2 * INTERVAL_MS)  # a poll or two more
+    queries = list(paged.queries)
+    assert "after" not in queries[0]  # first the latest page
+    if paged.cursor:  # then only what came after the cursor last given
+        assert len(queries) > 4 and all(query.get("after") for query in queries[1:])
+        assert queries[-1]["after"] == "450"
+    else:  # a receiver that gives no cursor is never asked for one
+        assert not [query for query in queries if "after" in query]
+
+
+def test_a_failing_receiver_is_shown_and_the_page_catches_up_after(
+    context: Any, paged: PagedReceiver
+) -> None:
+    page, _ = open_live(context, paged.base)
+    status = page.locator("#status")
+    wait_state(page, "live")
+    paged.fail_with = 503
+    expect(status).to_have_text(
+        re.compile(r"The receiver answered 503: the store is down\. Retrying")
+    )
+    paged.add(*(event(f"during_{n}") for n in range(250)))  # more than a page while it failed
+    paged.fail_with = None
+    wait_state(page, "live")
+    wait_rows(page, 200)  # the latest page, not 250 in dribs
+    assert shown_names(page)[0] == "during_249"
+    paged.add(event("after"))
+    wait_rows(page, 201)
+
+
+def test_a_hidden_tab_stops_polling_until_it_is_shown(context: Any, receiver: LocalServer) -> None:
+    page, requests = open_live(context, base_of(receiver))
+    wait_state(page, "live")
+
+    def set_hidden(hidden: bool) -> None:  # headless Chromium hides no tab: the page is told so
+        page.evaluate(
+            """hidden => {
+                Object.defineProperty(document, 'hidden', {configurable: true, get: () => hidden});
+                Object.defineProperty(document, 'visibilityState',
+                                      {configurable: true, get: () => hidden ? 'hidden' : 'visible'});
+                document.dispatchEvent(new Event('visibilitychange'));
+            }""",
+            hidden,
+        )
+
+    set_hidden(True)
+    wait_state(page, "paused")
+    page.wait_for_timeout(INTERVAL_MS)  # a poll in flight when hidden may still land
+    asked = len(requests)
+    post(base_of(receiver), [event("while_hidden")])
+    page.wait_for_timeout(5 * INTERVAL_MS)
+    assert len(requests) == asked and page.locator(ROWS).count() == 0
+    set_hidden(False)
+    wait_rows(page, 1)
+    wait_state(page, "live")
