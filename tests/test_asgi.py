@@ -177,15 +177,12 @@ def test_a_sync_endpoint_in_a_worker_thread_has_the_context(shop: tuple[Any, Rec
 
 def test_a_streamed_body_produced_after_tracking(shop: tuple[Any, Receiver]) -> None:
     browser, receiver = shop
-    arrivals: list[float] = []
     with browser.stream("GET", "/stream/500?utm_source=stream") as response:
+        headers_at = time.monotonic()
         cookie = set_cookies(response)["cca_session_id"]  # in the headers, before the body
-        body = b""
-        for chunk in response.iter_bytes():
-            arrivals.append(time.monotonic())
-            body += chunk
+        body = response.read()
     assert body == b"part 0\npart 1\npart 2\n"
-    assert arrivals[-1] - arrivals[0] >= 0.08  # streamed, not buffered
+    assert time.monotonic() - headers_at >= 0.12  # three 50 ms parts came after the headers
     events = events_for(receiver, range(500, 501), 4)
     assert {e["user_properties"]["session_id"] for e in events} == {cookie}
     assert all(e["attribution"] == {"source": "stream"} for e in events)
@@ -214,7 +211,7 @@ def test_a_flushing_handler_waits_for_a_slow_endpoint_without_holding_the_loop(
     shop: tuple[Any, Receiver],
 ) -> None:
     receiver = shop[1]
-    receiver.respond = lambda request: Reply(202, delay=0.6 if b'"flushed"' in request.body else 0)
+    receiver.respond = lambda request: Reply(202, delay=1.0 if b'"flushed"' in request.body else 0)
 
     async def main() -> tuple[float, list[float]]:
         async with httpx.AsyncClient(base_url=shop[0].base_url, timeout=10) as visitor:
@@ -233,8 +230,8 @@ def test_a_flushing_handler_waits_for_a_slow_endpoint_without_holding_the_loop(
         took, pings = asyncio.run(main())
     finally:
         receiver.respond = lambda request: Reply()
-    assert took >= 0.6  # the response waited for the delivery
-    assert max(pings) < 0.3, pings  # while other requests were answered at once
+    assert took >= 1.0  # the response waited for the delivery
+    assert max(pings) < 0.4, pings  # while other requests were answered at once
     assert [e["n"] for e in receiver.delivered_events() if e.get("n") == 800] == [800]
 
 
@@ -259,7 +256,7 @@ def test_sigterm_delivers_what_was_queued_and_exits_within_the_bound() -> None:
             stopping = time.monotonic()
             server.send_signal(signal.SIGTERM)
             _, stderr = server.communicate(timeout=30)
-        assert time.monotonic() - stopping < 2.5
+        assert time.monotonic() - stopping < 3.5
         assert "not every analytics event was delivered within shutdown_timeout_ms" in stderr
     finally:
         receiver.close()
@@ -294,7 +291,7 @@ def test_shutdown_async_waits_for_a_slow_endpoint_while_the_loop_runs(
     started = time.monotonic()
     done, gaps = asyncio.run(ticking_while(client.shutdown_async(timeout=5)))
     assert done is True and time.monotonic() - started >= 0.4
-    assert len(gaps) >= 20 and max(gaps) < 0.15, max(gaps)  # the loop never stood still
+    assert len(gaps) >= 20 and max(gaps) < 0.2, max(gaps)  # the loop never stood still
     assert len(receiver.delivered_events()) == 1 and client.track("late") is None
 
 
@@ -302,7 +299,7 @@ def test_flushing_an_async_generator_flushes_after_its_last_item(
     make_client: Any, receiver: Receiver
 ) -> None:
     """A streamed body's generator: its events are tracked while it is iterated."""
-    receiver.respond = lambda request: Reply(202, delay=0.3)
+    receiver.respond = lambda request: Reply(202, delay=0.4)
     client = make_client(batch_interval_ms=60_000)
 
     @client.flushing(timeout=5)
@@ -317,13 +314,13 @@ def test_flushing_an_async_generator_flushes_after_its_last_item(
     parts, gaps = asyncio.run(ticking_while(consume()))
     assert parts == [0, 1, 2]
     assert [e["part"] for e in receiver.delivered_events()] == [0, 1, 2]  # before it ended
-    assert max(gaps) < 0.15, max(gaps)
+    assert max(gaps) < 0.2, max(gaps)
 
 
 def test_flushing_a_callable_that_returns_a_coroutine_flushes_after_awaiting_it(
     make_client: Any, receiver: Receiver
 ) -> None:
-    receiver.respond = lambda request: Reply(202, delay=0.3)
+    receiver.respond = lambda request: Reply(202, delay=0.4)
     client = make_client(batch_interval_ms=60_000)
 
     class Handler:  # inspect.iscoroutinefunction() says no to it
@@ -335,7 +332,7 @@ def test_flushing_a_callable_that_returns_a_coroutine_flushes_after_awaiting_it(
     handler = client.flushing(timeout=5)(Handler())
     n, gaps = asyncio.run(ticking_while(handler(7)))
     assert n == 7 and [e["n"] for e in receiver.delivered_events()] == [7]
-    assert max(gaps) < 0.15, max(gaps)
+    assert max(gaps) < 0.2, max(gaps)
 
 
 def test_flushing_a_generator_or_a_failing_function(make_client: Any, receiver: Receiver) -> None:
