@@ -473,6 +473,10 @@ class SpooledEvents(PendingEvents):
                 self._upkeep(rows)
             except sqlite3.Error as exc:
                 self._trouble(exc, "upkeep is tried again in a second")
+        try:  # outside the lock: track() goes on meanwhile
+            rows.checkpoint()
+        except sqlite3.Error as exc:
+            logger.debug("Spool %s: checkpoint failed (%s); tried again later", self._path, exc)
 
     def _upkeep(self, rows: SpoolRows) -> None:
         due = self._next_deferred_due

@@ -44,15 +44,19 @@ READY, CLAIMED, DEFERRED = 0, 1, 2
 SCHEMA_VERSION = 1
 
 _SCHEMA = (
+    # No secondary index and no AUTOINCREMENT: each would add a page to every commit
+    # (one per tracked event). Claims walk the rowid from a cursor instead.
     """CREATE TABLE IF NOT EXISTS events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        id INTEGER PRIMARY KEY,
         body BLOB NOT NULL,
         owner TEXT,
         state INTEGER NOT NULL DEFAULT 0,
         not_before REAL NOT NULL DEFAULT 0,
         deferrals INTEGER NOT NULL DEFAULT 0,
         queued_at REAL NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS events_by_owner ON events (owner, state, id)",
+    # "unowned": set when rows are left without an owner (a client shut down with events
+    # undelivered, a requeue), so live clients look for them only then.
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
     """CREATE TABLE IF NOT EXISTS owners (
         token TEXT PRIMARY KEY,
         host TEXT NOT NULL,
@@ -181,6 +185,7 @@ def adopt_orphans(conn: sqlite3.Connection, token: str) -> int:
     Rows of dead owners and rows without an owner become ``token``'s, ready at
     once (a deferred row's wait was its dead owner's). Returns how many."""
     adopted = 0
+    unowned = conn.execute("SELECT value FROM meta WHERE key = 'unowned'").fetchone()
     owners = conn.execute("SELECT token, host, pid, started, heartbeat FROM owners").fetchall()
     for other, host, pid, started, heartbeat in owners:
         if other == token or owner_alive(host, pid, started, heartbeat):
@@ -190,10 +195,17 @@ def adopt_orphans(conn: sqlite3.Connection, token: str) -> int:
             (token, other),
         ).rowcount
         conn.execute("DELETE FROM owners WHERE token = ?", (other,))
-    adopted += conn.execute(
-        "UPDATE events SET owner = ?, state = 0, not_before = 0 WHERE owner IS NULL", (token,)
-    ).rowcount
+    if unowned is not None:
+        adopted += conn.execute(
+            "UPDATE events SET owner = ?, state = 0, not_before = 0 WHERE owner IS NULL", (token,)
+        ).rowcount
+        conn.execute("DELETE FROM meta WHERE key = 'unowned'")
     return adopted
+
+
+def mark_unowned(conn: sqlite3.Connection) -> None:
+    """Tell live clients that rows without an owner wait (inside the writing transaction)."""
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('unowned', 1)")
 
 
 # ---------------------------------------------------------------- what the command line reads
@@ -265,6 +277,8 @@ def requeue(conn: sqlite3.Connection, ids: Optional[list[int]] = None) -> int:
             (time.time(), *params),
         ).rowcount
         conn.execute(f"DELETE FROM dead_letters{where}", params)
+        if moved:
+            mark_unowned(conn)
         conn.execute("COMMIT")
     except BaseException:
         conn.rollback()

@@ -26,6 +26,7 @@ from .spool_file import (
     adopt_orphans,
     connect,
     is_corrupt,
+    mark_unowned,
     move_aside,
     new_owner_token,
     register_owner,
@@ -34,9 +35,14 @@ from .spool_file import (
 Statement = tuple[str, tuple[Any, ...]]
 
 _INSERT = "INSERT INTO events (body, owner, queued_at) VALUES (?, ?, ?)"
-_CLAIM = "SELECT id, body, deferrals FROM events WHERE owner = ? AND state = 0 ORDER BY id LIMIT ?"
-_MARK_CLAIMED = "UPDATE events SET state = 1 WHERE owner = ? AND state = 0 AND id <= ?"
-_NEXT_READY = "SELECT id, queued_at FROM events WHERE owner = ? AND state = 0 ORDER BY id LIMIT 1"
+_CLAIM = (
+    "SELECT id, body, deferrals FROM events WHERE id > ? AND owner = ? AND state = 0 "
+    "ORDER BY id LIMIT ?"
+)
+_MARK_CLAIMED = "UPDATE events SET state = 1 WHERE id > ? AND id <= ? AND owner = ? AND state = 0"
+_NEXT_READY = (
+    "SELECT id, queued_at FROM events WHERE id > ? AND owner = ? AND state = 0 ORDER BY id LIMIT 1"
+)
 _COUNT_READY = "SELECT count(*) FROM events WHERE owner = ? AND state = 0"
 _HIGHEST = "SELECT max(id) FROM events WHERE owner = ?"
 _READMIT = "UPDATE events SET state = 0 WHERE owner = ? AND state = 2 AND not_before <= ?"
@@ -94,6 +100,10 @@ class SpoolRows:
         self.token = new_owner_token()
         self.adopted = 0
         self._failed: list[list[Statement]] = []
+        # Rows below the cursor are claimed or deferred: claims walk on from it. It goes
+        # back when rows below it become ready again (taken over, deferral over).
+        self._cursor = 0
+        self._checkpointer: Optional[sqlite3.Connection] = None
         db = self._connect(sync)
         try:
             db.execute("PRAGMA wal_autocheckpoint=0")  # upkeep checkpoints, not track()
@@ -134,6 +144,9 @@ class SpoolRows:
         if self._db is not None:
             _inherited.append(self._db)
             self._db = None
+        if self._checkpointer is not None:
+            _inherited.append(self._checkpointer)
+            self._checkpointer = None
 
     # ------------------------------------------------------------ track() and the worker
 
@@ -141,6 +154,8 @@ class SpoolRows:
         """Commit one encoded event; its row id. Raises ``sqlite3.Error``."""
         row = self._conn().execute(_INSERT, (text, self.token, time.time())).lastrowid
         assert row is not None
+        if row <= self._cursor:  # ids start again at 1 once the table is empty
+            self._cursor = row - 1
         return row
 
     def claim(self, limit: int) -> tuple[list[tuple[int, bytes, int]], Optional[tuple[int, float]]]:
@@ -148,10 +163,11 @@ class SpoolRows:
         ``(id, body, deferrals)``, and ``(id, queued_at)`` of the next ready row."""
 
         def claim(db: sqlite3.Connection) -> Any:
-            rows = db.execute(_CLAIM, (self.token, limit)).fetchall()
+            rows = db.execute(_CLAIM, (self._cursor, self.token, limit)).fetchall()
             if rows:
-                db.execute(_MARK_CLAIMED, (self.token, rows[-1][0]))
-            return rows, db.execute(_NEXT_READY, (self.token,)).fetchone()
+                db.execute(_MARK_CLAIMED, (self._cursor, rows[-1][0], self.token))
+                self._cursor = rows[-1][0]
+            return rows, db.execute(_NEXT_READY, (self._cursor, self.token)).fetchone()
 
         result: tuple[list[tuple[int, bytes, int]], Optional[tuple[int, float]]]
         result = self._transaction(claim)
@@ -203,15 +219,30 @@ class SpoolRows:
             return adopted, readmitted, alive
 
         result: tuple[int, int, bool] = self._transaction(upkeep)
-        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return result
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file, on a connection of its own, so that the
+        caller need not hold the lock ``track()`` takes: a checkpoint may wait for a disk
+        flush, and never holds up writers."""
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(
+                self.path, timeout=0.1, isolation_level=None, check_same_thread=False
+            )
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
     def own_rows(self) -> OwnRows:
+        """Read back what this process answers for (after rows changed hands or came due:
+        the claims' cursor starts again from the lowest ready row)."""
         db = self._conn()
+        self._cursor = 0
+        next_ready = db.execute(_NEXT_READY, (0, self.token)).fetchone()
+        if next_ready is not None:
+            self._cursor = next_ready[0] - 1
         return OwnRows(
             ready=db.execute(_COUNT_READY, (self.token,)).fetchone()[0],
             highest=db.execute(_HIGHEST, (self.token,)).fetchone()[0] or 0,
-            next_ready=db.execute(_NEXT_READY, (self.token,)).fetchone(),
+            next_ready=next_ready,
             next_deferred_due=db.execute(_NEXT_DEFERRED, (self.token,)).fetchone()[0],
         )
 
@@ -240,7 +271,8 @@ class SpoolRows:
                 self._run(db, self._failed.pop(0))
 
             def hand_over(db: sqlite3.Connection) -> None:
-                db.execute(_HAND_OVER, (self.token,))
+                if db.execute(_HAND_OVER, (self.token,)).rowcount:
+                    mark_unowned(db)
                 db.execute("DELETE FROM owners WHERE token = ?", (self.token,))
 
             self._transaction(hand_over)
@@ -248,6 +280,9 @@ class SpoolRows:
         finally:
             self._db = None
             db.close()
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
 
     # ------------------------------------------------------------ internals
 
