@@ -1,5 +1,8 @@
-"""A small receiver for the live view's tests: its page, and ``/events`` and ``/stats`` by contract.
+"""Receivers for the live view's tests, and how the tests post to them.
 
+``ReceiveCommand`` runs ``campaign-cart-analytics receive`` in a subprocess.
+
+``PagedReceiver`` serves the page, and ``/events`` and ``/stats`` by contract:
 ``PagedReceiver(cursor=True)`` speaks the paging contract: ``GET /events?limit=N``
 answers the latest N events oldest first, ``?after=CURSOR&limit=N`` those received
 after the cursor, and every answer carries ``next``. ``cursor=False`` speaks as a
@@ -12,9 +15,17 @@ failing receiver are tested whatever the reference receiver speaks.
 from __future__ import annotations
 
 import json
+import re
+import signal
 import socketserver
+import subprocess
+import sys
 import threading
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -97,3 +108,48 @@ def _json(start_response: Callable[..., Any], status: int, body: Any) -> list[by
         [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
     )
     return [payload]
+
+
+class ReceiveCommand:
+    """``campaign-cart-analytics receive`` in a subprocess; its log goes to a file."""
+
+    def __init__(self, log: Path, *args: str, port: int = 0) -> None:
+        self.log = log
+        with log.open("a") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "campaign_cart_analytics", "receive",
+                 "--host", "127.0.0.1", "--port", str(port), *args],
+                stdout=subprocess.PIPE, stderr=stderr, text=True,
+            )  # fmt: skip
+        assert self.process.stdout is not None
+        first_line = self.process.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:([0-9]+)/", first_line)
+        assert found, f"{first_line!r}; log: {log.read_text()}"
+        self.port = int(found.group(1))
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.communicate(timeout=10)
+
+
+def event(name: str, **properties: Any) -> dict[str, Any]:
+    return {"event": name, "event_id": f"live_{uuid.uuid4().hex[:12]}",
+            "event_time": "2026-12-02T18:30:00.123Z", **properties}  # fmt: skip
+
+
+def post(base: str, events: list[dict[str, Any]], token: Optional[str] = None) -> int:
+    """POST a batch in the wire format; the status."""
+    body = {"events": events, "batch_info": {"size": len(events), "source": "next-campaign-cart",
+            "timestamp": "2026-12-02T18:30:01.000Z", "batch_id": f"b_{uuid.uuid4().hex}"}}  # fmt: skip
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"{base}/analytics", data=json.dumps(body).encode(), headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code

@@ -16,20 +16,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from live_receivers import PagedReceiver
+from live_receivers import PagedReceiver, ReceiveCommand, event, post
 
 from campaign_cart_analytics.receiver import LocalServer, create_app, live, serve
 
@@ -89,62 +87,17 @@ def paged(request: pytest.FixtureRequest) -> Iterator[PagedReceiver]:
     server.stop()
 
 
-class ReceiveCommand:
-    """``campaign-cart-analytics receive`` in a subprocess; its log goes to a file."""
-
-    def __init__(self, log: Path, *args: str, port: int = 0) -> None:
-        self.log = log
-        with log.open("a") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "campaign_cart_analytics", "receive",
-                 "--host", "127.0.0.1", "--port", str(port), *args],
-                stdout=subprocess.PIPE, stderr=stderr, text=True,
-            )  # fmt: skip
-        assert self.process.stdout is not None
-        first_line = self.process.stdout.readline()
-        found = re.search(r"http://127\.0\.0\.1:([0-9]+)/", first_line)
-        assert found, f"{first_line!r}; log: {log.read_text()}"
-        self.port = int(found.group(1))
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.communicate(timeout=10)
-
-
 def base_of(server: LocalServer) -> str:
     return f"http://{server.host}:{server.port}"
 
 
-def open_live(context: Any, base: str, fragment: str = "") -> tuple[Any, list[Any]]:
+def open_live(context: Any, base: str) -> tuple[Any, list[Any]]:
     """The live view in a new tab, and the list of requests it makes (kept up to date)."""
     page = context.new_page()
     requests: list[Any] = []
     page.on("request", lambda request: requests.append(request))
-    page.goto(f"{base}/?interval_ms={INTERVAL_MS}{fragment}")
+    page.goto(f"{base}/?interval_ms={INTERVAL_MS}")
     return page, requests
-
-
-def event(name: str, **properties: Any) -> dict[str, Any]:
-    return {"event": name, "event_id": f"live_{uuid.uuid4().hex[:12]}",
-            "event_time": "2026-12-02T18:30:00.123Z", **properties}  # fmt: skip
-
-
-def post(base: str, events: list[dict[str, Any]], token: Optional[str] = None) -> int:
-    """POST a batch in the wire format; the status."""
-    body = {"events": events, "batch_info": {"size": len(events), "source": "next-campaign-cart",
-            "timestamp": "2026-12-02T18:30:01.000Z", "batch_id": f"b_{uuid.uuid4().hex}"}}  # fmt: skip
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(
-        f"{base}/analytics", data=json.dumps(body).encode(), headers=headers, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 def shown_names(page: Any) -> list[str]:
