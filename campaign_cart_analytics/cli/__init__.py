@@ -4,6 +4,7 @@
     campaign-cart-analytics demo
     campaign-cart-analytics send [FILE ...] --endpoint URL [--header 'NAME: VALUE' ...] ...
     campaign-cart-analytics check --endpoint URL [--header 'NAME: VALUE' ...]
+    campaign-cart-analytics spool status|dead-letters|requeue PATH
 
 Exit codes: 0 success; 1 the command ran and failed (events undelivered, an
 endpoint that does not accept batches); 2 bad input (an unknown option, an
@@ -19,7 +20,7 @@ from typing import NoReturn, Optional
 
 from .._version import __version__
 from ..errors import ConfigError
-from . import check, demo, receive, send
+from . import check, demo, receive, send, spool
 from ._common import CommandError
 
 PROG = "campaign-cart-analytics"
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    for module in (receive, demo, send, check):
+    for module in (receive, demo, send, check, spool):
         sub = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
