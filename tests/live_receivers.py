@@ -67,6 +67,11 @@ class PagedReceiver:
         with self._lock:
             self._events.extend(events)
 
+    def reset(self) -> None:
+        """Forget every event, as a receiver restarted on an empty store would."""
+        with self._lock:
+            self._events.clear()
+
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:

@@ -197,7 +197,7 @@ def test_events_appear_without_a_reload_with_the_counters(
     context: Any, receiver: LocalServer
 ) -> None:
     base = base_of(receiver)
-    page, _ = open_live(context, base)
+    page, requests = open_live(context, base)
     wait_state(page, "live")
     expect(page.locator("#empty")).to_be_visible()
     page.evaluate("window.__same_document = true")
@@ -207,6 +207,8 @@ def test_events_appear_without_a_reload_with_the_counters(
     assert post(base, sent) == 202
     wait_rows(page, 3)
     assert shown_names(page) == ["dl_purchase", "dl_add_to_cart", "dl_view_item"]  # newest first
+    queries = events_queries(requests)  # the reference receiver pages by cursor
+    assert "after" not in queries[0] and all(query.get("after") for query in queries[1:])
     assert page.evaluate("window.__same_document") is True  # no reload happened
     first = page.locator(ROWS).last
     assert first.locator(".id").text_content() == sent[0]["event_id"]
@@ -384,7 +386,7 @@ def test_new_events_are_asked_for_by_cursor_or_by_event_id_and_rows_stop_at_300(
         assert not [query for query in queries if "after" in query]
 
 
-def test_a_failing_receiver_is_shown_and_the_page_catches_up_after(
+def test_after_a_failing_or_emptied_receiver_the_page_catches_up(
     context: Any, paged: PagedReceiver
 ) -> None:
     page, _ = open_live(context, paged.base)
@@ -401,6 +403,10 @@ def test_a_failing_receiver_is_shown_and_the_page_catches_up_after(
     assert shown_names(page)[0] == "during_249"
     paged.add(event("after"))
     wait_rows(page, 201)
+    paged.reset()  # restarted on an empty store between two polls: no error to tell
+    paged.add(event("fresh_0"), event("fresh_1"))  # its cursors start again from 0
+    wait_rows(page, 203)
+    assert shown_names(page)[:3] == ["fresh_1", "fresh_0", "after"]
 
 
 def test_a_hidden_tab_stops_polling_until_it_is_shown(context: Any, receiver: LocalServer) -> None:

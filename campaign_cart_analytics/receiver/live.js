@@ -34,6 +34,7 @@
   let again = false; // a poll was asked for while one was in flight
   let failures = 0;
   let lastNames = "";
+  let lastTotal = 0; // the receiver's count of stored events at the last poll
 
   class HttpError extends Error {
     constructor(status, message) {
@@ -109,6 +110,7 @@
       const [page, stats] = await Promise.all([getJSON(eventsPath(paged)), getJSON("stats")]);
       if (mine === generation) {
         delay = takeEvents(page, paged);
+        if (storeWasReset(stats)) delay = 0;
         showStats(stats);
         failures = 0;
         setStatus("live", `Live: polling every ${INTERVAL_MS / 1000} s; updated ${clock(new Date())}.`);
@@ -142,6 +144,16 @@
       return 0;
     }
     return INTERVAL_MS;
+  }
+
+  // A receiver restarted on an empty store counts its cursors from the start again. When it
+  // came back between two polls no error said so, but its count of events went down.
+  function storeWasReset(stats) {
+    const total = Number(stats.events);
+    const reset = total < lastTotal;
+    lastTotal = Number.isFinite(total) ? total : 0;
+    if (reset) resync = true;
+    return reset;
   }
 
   // ------------------------------------------------------------------ rows
