@@ -200,6 +200,7 @@ def test_events_appear_without_a_reload_with_the_counters(
     page, requests = open_live(context, base)
     wait_state(page, "live")
     expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator("#token-form")).to_be_hidden()  # this receiver wants no token
     page.evaluate("window.__same_document = true")
     user = {"user_id": "user_123", "session_id": "sess_123"}
     sent = [event("dl_view_item", user_properties=user, ecommerce={"value": 99.99}),
@@ -313,6 +314,7 @@ def test_a_token_is_asked_for_kept_in_the_tab_and_never_put_in_a_url(
         page, requests = open_live(context, command.base)  # the page itself is public
         status = page.locator("#status")
         wait_state(page, "unauthorized")
+        expect(page.locator("#token")).to_be_visible()
         expect(page.locator("#token")).to_be_focused()
         page.fill("#token", "wrong-token")
         page.press("#token", "Enter")

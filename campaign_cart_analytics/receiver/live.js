@@ -211,7 +211,9 @@
 
   function when(value) {
     const date = typeof value === "string" ? new Date(value) : null;
-    return date && !Number.isNaN(date.getTime()) ? `${date.toLocaleDateString()} ${clock(date)}` : text(value);
+    if (!date || Number.isNaN(date.getTime())) return text(value);
+    const day = [date.getFullYear(), date.getMonth() + 1, date.getDate()];
+    return day.map((part) => String(part).padStart(2, "0")).join("-") + " " + clock(date); // local time
   }
 
   function clock(date) {
