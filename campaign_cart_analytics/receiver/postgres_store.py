@@ -7,8 +7,9 @@ database answers 503 until the database is reachable, then migrates it.
 **Idempotent everywhere.** ``event_id`` is the primary key and a batch is one
 ``INSERT ... ON CONFLICT DO NOTHING``: two replicas storing the same batch at
 once serialize on the key, and the second counts the events as duplicates.
-Rows are inserted in ``event_id`` order, so two transactions with overlapping
-batches take their row locks in the same order and cannot deadlock.
+Rows are inserted in ``event_id`` order (of an id repeated in a batch, the
+first is kept), so two transactions with overlapping batches take their row
+locks in the same order and cannot deadlock.
 
 **Paging sees every event exactly once.** A serial id is assigned when a row
 is inserted but becomes visible when its transaction commits, and transactions
@@ -51,7 +52,7 @@ _INSERT = """
     INSERT INTO events (event_id, n, name, batch_id, event)
     SELECT e.event_id, e.n, e.name, %s, e.body::jsonb
     FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[]) AS e(event_id, n, name, body)
-    ORDER BY e.event_id
+    ORDER BY e.event_id, e.n
     ON CONFLICT (event_id) DO NOTHING
 """
 _VISIBLE = "txid < pg_snapshot_xmin(pg_current_snapshot())"
@@ -202,9 +203,10 @@ class PostgresStore(Store):
                 clauses.append(clause)
                 parameters.append(value)
         order = "ASC" if query.after is not None else "DESC"
+        # events.txid, not the text selected: as text, 999 would sort after 1000
         sql = (
-            f"SELECT txid::text, n, event FROM events WHERE {' AND '.join(clauses)} "
-            f"ORDER BY txid {order}, n {order} LIMIT %s"
+            f"SELECT txid::text AS position, n, event FROM events WHERE {' AND '.join(clauses)} "
+            f"ORDER BY events.txid {order}, events.n {order} LIMIT %s"
         )
         with self._connection() as conn:
             rows = conn.execute(sql, (*parameters, query.limit)).fetchall()
