@@ -10,7 +10,8 @@ the server runs as that user. The cluster trades durability for speed
     postgres_server   one server for the whole session
     database_url      a fresh database on it for each test (CREATE DATABASE)
 
-Import the fixtures into a test module: ``from postgres import database_url, postgres_server``.
+Import the fixtures into a test module:
+``from postgres import database_url_fixture, postgres_server_fixture``.
 """
 
 from __future__ import annotations
@@ -154,14 +155,14 @@ def start_server() -> PostgresServer:
     raise RuntimeError(f"PostgreSQL did not start:\n{log}")
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+@pytest.fixture(scope="session", name="postgres_server")
+def postgres_server_fixture() -> Iterator[PostgresServer]:
     server = start_server()
     yield server
     server.destroy()
 
 
-@pytest.fixture
-def database_url(postgres_server: PostgresServer) -> str:
+@pytest.fixture(name="database_url")
+def database_url_fixture(postgres_server: PostgresServer) -> str:
     """A fresh, empty database for one test, as a ``postgresql://`` URL."""
     return postgres_server.url(postgres_server.create_database())

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from postgres import database_url, postgres_server  # noqa: F401 - fixtures
+from postgres import database_url_fixture, postgres_server_fixture  # noqa: F401
 
 from campaign_cart_analytics.receiver import LocalServer, create_app, serve
 
