@@ -18,7 +18,7 @@
   const MAX_SHOWN_CHARS = 200; // of one value in a row's summary; the JSON view has all of it
   const MAX_NAME_BUTTONS = 100;
   const INTERVAL_MS = clamp(Number(new URLSearchParams(location.search).get("interval_ms")) || 1000, 100, 60000);
-  const MAX_RETRY_MS = Math.max(10000, INTERVAL_MS);
+  const MAX_RETRY_MS = Math.min(10 * INTERVAL_MS, Math.max(10000, INTERVAL_MS)); // 10 s at 1 s
 
   const $ = (id) => document.getElementById(id);
   const statusLine = $("status");
