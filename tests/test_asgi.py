@@ -207,6 +207,18 @@ def test_an_endpoint_that_raises_keeps_the_event_it_tracked_before(
     assert SESSION_ID.fullmatch(event["user_properties"]["session_id"])
 
 
+def test_a_user_set_as_context_by_an_async_dependency_wins(shop: tuple[Any, Receiver]) -> None:
+    browser, receiver = shop
+    browser.get(
+        "/shopper/900?utm_source=dep", headers={"x-shopper": "dana", "authorization": "Bearer eve"}
+    )
+    browser.get("/shopper/901?utm_source=dep", headers={"authorization": "Bearer eve"})
+    dana, eve = sorted(events_for(receiver, range(900, 902), 2), key=lambda e: e["n"])
+    assert dana["user_properties"]["user_id"] == "dana"  # the dependency's, over scope["user"]
+    assert eve["user_properties"]["user_id"] == "eve"
+    assert dana["attribution"] == eve["attribution"] == {"source": "dep"}
+
+
 def test_a_flushing_handler_waits_for_a_slow_endpoint_without_holding_the_loop(
     shop: tuple[Any, Receiver],
 ) -> None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Optional
 
-from fastapi import BackgroundTasks, FastAPI, Response
+from fastapi import BackgroundTasks, Depends, FastAPI, Header, Response
 from fastapi.responses import StreamingResponse
 from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
 from starlette.middleware.authentication import AuthenticationMiddleware
@@ -124,6 +124,21 @@ async def boom(n: int) -> None:
 async def flush_slow(n: int) -> dict[str, int]:
     """Delivered before the response: the flush waits, the event loop does not."""
     cca.track("dl_purchase", {"n": n, "step": "flushed"})
+    return {"n": n}
+
+
+async def shopper(x_shopper: Optional[str] = Header(None)) -> AsyncIterator[Optional[str]]:
+    """The user as FastAPI apps often know it: from an async dependency, set as context."""
+    if x_shopper is None:
+        yield None
+        return
+    with cca.context(user_properties={"user_id": x_shopper}):
+        yield x_shopper
+
+
+@app.get("/shopper/{n}")
+async def shopper_visit(n: int, name: Optional[str] = Depends(shopper)) -> dict[str, int]:
+    cca.track("dl_view_item", {"n": n, "step": "dependency"})
     return {"n": n}
 
 
