@@ -70,7 +70,7 @@ def kept(make_client: Any) -> tuple[cca.Analytics, list[dict[str, Any]]]:
     return client, events
 
 
-def cookie_header(messages: list[dict[str, Any]]) -> list[str]:
+def set_cookie_headers(messages: list[dict[str, Any]]) -> list[str]:
     start = messages[0]
     return [v.decode() for k, v in start["headers"] if k.lower() == b"set-cookie"]
 
@@ -97,10 +97,10 @@ def test_a_cookie_value_is_trusted_only_when_it_is_one_of_ours(
     session_id = event["user_properties"]["session_id"]
     assert SESSION_ID.fullmatch(session_id) and event["event_id"].startswith(f"{session_id}_")
     if SESSION_ID.fullmatch(value.rstrip(" \t")):  # trailing blanks end the cookie pair
-        assert session_id == value.rstrip(" \t") and cookie_header(sent) == []
+        assert session_id == value.rstrip(" \t") and set_cookie_headers(sent) == []
     else:  # a new id, in a cookie of plain characters
         assert session_id != value
-        assert cookie_header(sent) == [
+        assert set_cookie_headers(sent) == [
             f"cca_session_id={session_id}; Path=/; Max-Age=1209600; HttpOnly; SameSite=Lax"
         ]
 
@@ -155,12 +155,12 @@ def test_starlette_sessions_in_either_middleware_order(
         return SessionMiddleware(AnalyticsMiddleware(app, analytics=client), secret_key="k")
 
     sent = asyncio.run(request(stack(responding(lambda: client.track("e"))), http_scope()))
-    (cookie,) = cookie_header(sent)
+    (cookie,) = set_cookie_headers(sent)
     assert cookie.startswith("session=")  # Starlette's, which now keeps the id; none of ours
     cookie_value = cookie.split(";")[0].split("=", 1)[1]
     scope = http_scope(headers=((b"cookie", f"session={cookie_value}".encode()),))
     sent = asyncio.run(request(stack(responding(lambda: client.track("e"))), scope))
-    assert cookie_header(sent) == []  # the session did not change: nothing to set
+    assert set_cookie_headers(sent) == []  # the session did not change: nothing to set
     first, second = (event["user_properties"] for event in events)
     assert first == second and SESSION_ID.fullmatch(first["session_id"])
 
@@ -240,7 +240,7 @@ def test_a_task_started_by_the_request_tracks_with_its_context_after_it_ended(
     in_request, after = events
     assert in_request["attribution"] == after["attribution"] == {"medium": "cpc"}
     assert in_request["user_properties"] == after["user_properties"]
-    assert cookie_header(sent)[0].startswith(
+    assert set_cookie_headers(sent)[0].startswith(
         f"cca_session_id={after['user_properties']['session_id']};"
     )
 
@@ -313,7 +313,7 @@ def test_cookie_options_and_https(kept: tuple[cca.Analytics, list[dict[str, Any]
     middleware = AnalyticsMiddleware(app, client, cookie_name="visit", cookie_max_age=None)
     sent = asyncio.run(request(middleware, {**http_scope(), "scheme": "https"}))
     session_id = events[0]["user_properties"]["session_id"]
-    assert cookie_header(sent) == [
+    assert set_cookie_headers(sent) == [
         "theme=dark",
         f"visit={session_id}; Path=/; HttpOnly; SameSite=Lax; Secure",
     ]
@@ -364,7 +364,7 @@ def test_add_middleware_uses_the_module_level_client_configured_at_any_time(
         app.router.routes.clear()
         app.router.mount("/", endpoint_tracks)
         sent = asyncio.run(request(app, http_scope(b"utm_source=module")))
-        assert cookie_header(sent)
+        assert set_cookie_headers(sent)
         assert client.flush(timeout=5)
         assert receiver.delivered_events()[0]["attribution"] == {"source": "module"}
     finally:
