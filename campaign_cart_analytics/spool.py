@@ -446,7 +446,11 @@ class SpooledEvents(PendingEvents):
             self._trouble(exc, "the change is made again in a second")
 
     def _trouble(self, error: sqlite3.Error, consequence: str) -> None:
-        self._trouble_log.log(logging.ERROR, "Spool %s: %s; %s", self._path, error, consequence)
+        # Another process holding the write lock for long is a passing state; a full or
+        # read-only disk, or a damaged file, needs someone to act.
+        busy = "locked" in str(error) or "busy" in str(error)
+        level = logging.WARNING if busy else logging.ERROR
+        self._trouble_log.log(level, "Spool %s: %s; %s", self._path, error, consequence)
         if is_corrupt(error) and self._rows is not None:
             logger.error("Spool %s is damaged; this client keeps events in memory", self._path)
             self._rows.retire()  # other processes may still be using it: no close here

@@ -6,18 +6,24 @@ process (a forked child opens its own; the copy it inherited is kept alive
 and never used, since closing it could disturb the parent's locks).
 
 Callers hold ``SpooledEvents``' lock: one thread at a time uses the
-connection. A write that fails (the file busy for longer than the busy
-timeout, a full disk) is kept and tried again at the next ``upkeep``; the
-rows stay claimed by this process meanwhile, so nobody else sends them.
+connection. Every call into SQLite also holds this module's ``_gate``, which
+a fork waits for: SQLite's own global mutexes must not be held by another
+thread at the moment of ``fork()``, or the child's first connection hangs.
+
+A write that fails (the file busy for longer than the busy timeout, a full
+disk) is kept and tried again at the next ``upkeep``; the rows stay claimed
+by this process meanwhile, so nobody else sends them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
+import threading
 import time
 import weakref
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import attrs
 
@@ -76,20 +82,47 @@ class OwnRows:
 
 _live: weakref.WeakSet[SpoolRows] = weakref.WeakSet()
 _inherited: list[sqlite3.Connection] = []  # connections no code path uses any more
+_gate = threading.RLock()  # held around every call into SQLite; a fork waits for it
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
-def _retire_connections_in_child() -> None:
+def _gated(method: _Method) -> _Method:
+    @functools.wraps(method)
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        with _gate:
+            return method(*args, **kwargs)
+
+    return gated  # type: ignore[return-value]
+
+
+def _before_fork() -> None:
+    _gate.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _gate.release()
+
+
+def _after_fork_in_child() -> None:
+    global _gate
+    _gate = threading.RLock()
     for rows in list(_live):
         rows.retire()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_retire_connections_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 class SpoolRows:
     """One process's connection to a spool file, registered there as an owner."""
 
+    @_gated
     def __init__(self, path: str, *, sync: str, put_wait: float) -> None:
         """Open (or create) the file and take over what no live process answers for.
 
@@ -150,6 +183,7 @@ class SpoolRows:
 
     # ------------------------------------------------------------ track() and the worker
 
+    @_gated
     def insert(self, text: bytes) -> int:
         """Commit one encoded event; its row id. Raises ``sqlite3.Error``."""
         row = self._conn().execute(_INSERT, (text, self.token, time.time())).lastrowid
@@ -158,6 +192,7 @@ class SpoolRows:
             self._cursor = row - 1
         return row
 
+    @_gated
     def claim(self, limit: int) -> tuple[list[tuple[int, bytes, int]], Optional[tuple[int, float]]]:
         """Mark this process's oldest ``limit`` ready rows as in flight: their
         ``(id, body, deferrals)``, and ``(id, queued_at)`` of the next ready row."""
@@ -173,13 +208,16 @@ class SpoolRows:
         result = self._transaction(claim)
         return result
 
+    @_gated
     def delete(self, ids: tuple[int, ...]) -> None:
         self._write([(_in(_DELETE, ids), ids)])
 
+    @_gated
     def defer(self, ids: tuple[int, ...], not_before: float, *, count: bool = True) -> None:
         """Set rows aside until ``not_before`` (epoch seconds); ``count``: one more deferral."""
         self._write([(_in(_DEFER, ids), (not_before, int(count), *ids))])
 
+    @_gated
     def dead_letter(
         self, ids: tuple[int, ...], batch_id: str, status: Optional[int], problem: str
     ) -> None:
@@ -192,6 +230,7 @@ class SpoolRows:
 
     # ------------------------------------------------------------ upkeep
 
+    @_gated
     def heartbeat(self) -> bool:
         """Say this process is alive; False if another had taken it for dead meanwhile."""
         db = self._conn()
@@ -201,6 +240,7 @@ class SpoolRows:
         register_owner(db, self.token)
         return False
 
+    @_gated
     def upkeep(self, deferred_due: Optional[float]) -> tuple[int, int, bool]:
         """Failed writes again, heartbeat, rows of dead owners taken over, deferred rows
         whose time came made ready; then a WAL checkpoint. Returns (adopted,
@@ -221,6 +261,7 @@ class SpoolRows:
         result: tuple[int, int, bool] = self._transaction(upkeep)
         return result
 
+    @_gated
     def checkpoint(self) -> None:
         """Copy the WAL into the database file, on a connection of its own, so that the
         caller need not hold the lock ``track()`` takes: a checkpoint may wait for a disk
@@ -231,6 +272,7 @@ class SpoolRows:
             )
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
+    @_gated
     def own_rows(self) -> OwnRows:
         """Read back what this process answers for (after rows changed hands or came due:
         the claims' cursor starts again from the lowest ready row)."""
@@ -246,6 +288,7 @@ class SpoolRows:
             next_deferred_due=db.execute(_NEXT_DEFERRED, (self.token,)).fetchone()[0],
         )
 
+    @_gated
     def used_bytes(self) -> int:
         """Bytes of the file in use (free pages left by deleted rows excluded)."""
         db = self._conn()
@@ -255,6 +298,7 @@ class SpoolRows:
         )
         return int((pages - free) * page_size)
 
+    @_gated
     def gauges(self) -> tuple[int, int]:
         """Events and dead letters in the whole file."""
         db = self._conn()
@@ -263,6 +307,7 @@ class SpoolRows:
             db.execute("SELECT count(*) FROM dead_letters").fetchone()[0],
         )
 
+    @_gated
     def hand_over(self) -> None:
         """Leave every row of this process to whoever looks next, unregister, close."""
         db = self._conn()

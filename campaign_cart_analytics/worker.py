@@ -24,7 +24,10 @@ Delivery policy lives here, HTTP in ``transport``:
   its deadline is skipped: the batch gets one last attempt at once, and
   what fails then is counted as ``dropped_shutdown``;
 - a dropped batch is logged with its id, size, attempts and last problem,
-  counted, and handed to ``on_error``.
+  counted, and handed to ``on_error``;
+- before a batch is dropped, the store is asked whether it keeps it
+  (``PendingEvents.keep``): memory keeps nothing, the durable spool keeps on
+  disk what was not rejected for good (``spool``).
 
 No exception escapes the loop: a bug here is logged, the batch at hand is
 counted as dropped (never lost silently), and the loop goes on.
