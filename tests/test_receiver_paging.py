@@ -187,7 +187,7 @@ batches = st.lists(st.lists(st.integers(0, 30), min_size=1, max_size=8), min_siz
 
 
 @settings(
-    max_examples=20, deadline=None, database=None,
+    max_examples=12, deadline=None, database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )  # fmt: skip
 @given(sent=batches, limit=st.integers(1, 7))

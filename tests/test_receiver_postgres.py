@@ -7,6 +7,7 @@ sends to it, and PostgreSQL is Debian's, started by ``postgres.py``.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +28,8 @@ from postgres import (  # noqa: F401 - fixtures
 )
 
 import campaign_cart_analytics as cca
-from campaign_cart_analytics.receiver import create_app, serve
+from campaign_cart_analytics.cli import main
+from campaign_cart_analytics.receiver import create_app, open_store, serve
 
 SECRET = "pw-never-shown-4711"
 
@@ -86,7 +88,8 @@ def receivers() -> Iterator[Any]:
     yield start
     for receiver in started:
         if receiver.process.poll() is None:
-            receiver.stop()
+            receiver.process.send_signal(signal.SIGINT)  # quicker than a graceful SIGTERM
+            receiver.process.communicate(timeout=20)
 
 
 def batch(*ids: str) -> bytes:
@@ -121,8 +124,9 @@ def send(url: str, names: list[str], **options: Any) -> cca.Stats:
 def test_two_replicas_given_the_same_batch_at_once_store_it_once(
     receivers: Any, database_url: str
 ) -> None:
+    """Two processes (which also migrate the new database at the same time)."""
     one, two = receivers(database_url), receivers(database_url)  # both migrate at once
-    for round in range(10):
+    for round in range(6):
         body = batch(*(f"r{round}-{n}" for n in range(100)))
         start = threading.Barrier(2)
         answers: list[Any] = []
@@ -138,7 +142,7 @@ def test_two_replicas_given_the_same_batch_at_once_store_it_once(
         assert sorted(answer["duplicates"] for _, _, answer in answers) == [0, 100]
     stats = one.call("/stats")[2]
     assert stats == two.call("/stats")[2]
-    assert (stats["events"], stats["batches"], stats["duplicates"]) == (1000, 20, 1000)
+    assert (stats["events"], stats["batches"], stats["duplicates"]) == (600, 12, 600)
 
 
 def _deliver(replica: Receive, body: bytes, start: threading.Barrier, answers: list[Any]) -> None:
@@ -172,13 +176,14 @@ def test_a_loader_paging_while_four_workers_write_sees_every_event_exactly_once(
     receivers: Any, database_url: str, postgres_server: PostgresServer
 ) -> None:
     """Commits are made to come out of order: each batch's transaction waits a random
-    0-20 ms after its events are written. A loader paging by a serial id would skip
-    the events of a transaction that commits after a later one was handed out."""
+    0-30 ms after its events are written. A loader paging by a serial id would skip
+    the events of a transaction that commits after a later one was handed out (without
+    the store's horizon, this test fails in most runs)."""
     receiver = receivers(database_url, "--workers", "4")
     assert receiver.call("/healthz")[0] == 200  # migrated: the trigger has a table
     postgres_server.execute(
         "CREATE FUNCTION jitter() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN PERFORM pg_sleep(random() * 0.02); RETURN NEW; END $$;"
+        "$$ BEGIN PERFORM pg_sleep(random() * 0.03); RETURN NEW; END $$;"
         "CREATE TRIGGER jitter AFTER INSERT ON batches FOR EACH ROW EXECUTE FUNCTION jitter()",
         database_url.rsplit("/", 1)[1],
     )
@@ -190,16 +195,18 @@ def test_a_loader_paging_while_four_workers_write_sees_every_event_exactly_once(
     for writer in writers:
         writer.start()
     loaded: list[str] = []
-    cursor, pages = "0", 0
-    while any(writer.is_alive() for writer in writers) or len(loaded) < 2000:
+    cursor, pages, pages_while_writing = "0", 0, 0
+    deadline = time.monotonic() + 30
+    while len(loaded) < 2000 and time.monotonic() < deadline:
+        writing = any(writer.is_alive() for writer in writers)
+        if not writing:
+            deadline = min(deadline, time.monotonic() + 3)  # the rest is visible by then
         status, _, page = receiver.call(f"/events?after={cursor}&limit=37")
         assert status == 200
         loaded += [event["event_id"] for event in page["events"]]
         cursor, pages = page["next"], pages + 1
-        assert len(loaded) <= 2000, "an event was handed out twice"
-        if pages > 5000:
-            break
-    assert pages > 10  # the loader did page while the writers wrote
+        pages_while_writing += writing
+    assert pages_while_writing > 10  # the loader did page while the writers wrote
     assert sorted(loaded) == sorted(name for names in sent for name in names)
 
 
@@ -210,26 +217,26 @@ def test_the_database_down_at_start_and_stopped_mid_stream_costs_503s_not_events
     try:
         database.stop()
         url = database.url(password=SECRET)
-        receiver = receivers(url, "--workers", "2", "--connect-timeout", "1", "--retry-after", "1")
+        receiver = receivers(url, "--connect-timeout", "1", "--retry-after", "1")
         status, headers, answer = receiver.call("/healthz")
         assert status == 503 and headers["Retry-After"] == "1"
         assert "database is unavailable" in answer["error"]
         assert receiver.call("/analytics", batch("early"))[0] == 503
         database.start()
         assert wait_until(lambda: receiver.call("/healthz")[0] == 200, timeout=15)
-        names = [f"e{n}" for n in range(400)]
+        names = [f"e{n}" for n in range(200)]
         stopped_and_started = threading.Thread(target=_restart, args=(database, receiver))
-        with cca.Analytics(receiver.url, batch_size=10, batch_interval_ms=20) as client:
+        with cca.Analytics(receiver.url, batch_size=25, batch_interval_ms=50) as client:
             for n, name in enumerate(names):
                 client.track("dl_view_item", {"n": n, "event_id": name})
-                if n == 100:
+                if n == 50:
                     stopped_and_started.start()
                 time.sleep(0.003)
             assert client.flush(timeout=30)
             stats = client.stats()
         stopped_and_started.join()
-        assert (stats.delivered, stats.dropped) == (400, 0)
-        assert sorted(page_everything(receiver, expect=400)) == sorted(names)
+        assert (stats.delivered, stats.dropped) == (200, 0)
+        assert sorted(page_everything(receiver, expect=200)) == sorted(names)
         printed = receiver.stop()
     finally:
         database.destroy()
@@ -296,10 +303,13 @@ def test_an_event_jsonb_cannot_hold_is_a_400_and_its_batch_is_not_stored(
 
 
 def test_the_schema_is_versioned_and_one_newer_than_this_release_is_refused(
-    receivers: Any, database_url: str, postgres_server: PostgresServer
+    database_url: str, postgres_server: PostgresServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     name = database_url.rsplit("/", 1)[1]
-    receivers(database_url).stop()
+    for _ in range(2):  # the second start applies nothing again
+        store = open_store(database_url)
+        store.check()
+        store.close()
     assert postgres_server.execute("SELECT version FROM schema_migrations", name) == [(1,)]
     columns = postgres_server.execute(
         "SELECT column_name, data_type FROM information_schema.columns "
@@ -307,15 +317,9 @@ def test_the_schema_is_versioned_and_one_newer_than_this_release_is_refused(
         name,
     )
     assert ("event", "jsonb") in columns and ("received_at", "timestamp with time zone") in columns
-    receivers(database_url).stop()  # a second start applies nothing again
     postgres_server.execute("INSERT INTO schema_migrations (version) VALUES (2)", name)
-    result = subprocess.run(
-        [sys.executable, "-m", "campaign_cart_analytics", "receive", "--port", "0",
-         "--database", database_url],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert "the database's schema is version 2, newer than this release" in result.stderr
+    assert main(["receive", "--port", "0", "--database", database_url]) == 2
+    assert "the database's schema is version 2, newer than this release" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -327,11 +331,10 @@ def test_the_schema_is_versioned_and_one_newer_than_this_release_is_refused(
         ("sqlite://relative.db", "sqlite:///PATH (three slashes)"),
     ],
 )
-def test_a_bad_database_url_is_a_one_line_error_without_the_password(url: str, words: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "campaign_cart_analytics", "receive", "--port", "0",
-         "--database", url],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert result.returncode == 2 and words in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and SECRET not in result.stderr
+def test_a_bad_database_url_is_a_one_line_error_without_the_password(
+    url: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["receive", "--port", "0", "--database", url]) == 2
+    printed = capsys.readouterr()
+    assert words in printed.err and len(printed.err.strip().splitlines()) == 1
+    assert SECRET not in printed.out + printed.err

@@ -83,6 +83,8 @@ class PostgresStore(Store):
         self._password = _check_url(url)
         self.description = f"PostgreSQL at {redact(url)}"
         self._statement_timeout = statement_timeout
+        self._connect_timeout = connect_timeout
+        self._reachable = True  # until a request finds no connection
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._unsaved_rejections: collections.Counter[int] = collections.Counter()
@@ -93,7 +95,7 @@ class PostgresStore(Store):
             max_size=pool_size,
             open=False,
             timeout=connect_timeout,
-            reconnect_timeout=max(2.0, connect_timeout),  # then regrown on demand
+            reconnect_timeout=connect_timeout,  # then given up, and regrown on demand
             check=psycopg_pool.ConnectionPool.check_connection,
             kwargs={
                 "autocommit": True,
@@ -109,12 +111,21 @@ class PostgresStore(Store):
 
     @contextmanager
     def _connection(self, timeout: Optional[float] = None) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection to a migrated database; failures as ``StoreUnavailable``."""
+        """A pooled connection to a migrated database; failures as ``StoreUnavailable``.
+
+        While the database is known to be unreachable, a request waits a quarter
+        of a second for a connection, not ``connect_timeout``: an outage must not
+        hold every worker thread (and the load balancer's health checks) that long.
+        The pool keeps trying to connect meanwhile.
+        """
+        if timeout is None:
+            timeout = self._connect_timeout if self._reachable else min(0.25, self._connect_timeout)
         try:
             with self._pool.connection(timeout=timeout) as conn:
                 if not self._schema_ready:
                     self._migrate(conn)
                 yield conn
+            self._reachable = True
         except psycopg.errors.DataError as exc:
             raise UnstorableEvent(f"PostgreSQL cannot store an event: {self._scrub(exc)}") from None
         except psycopg.errors.QueryCanceled:
@@ -123,8 +134,11 @@ class PostgresStore(Store):
                 f"({self._statement_timeout:g} s)"
             ) from None
         except psycopg_pool.PoolTimeout:
+            self._reachable = False
             raise StoreUnavailable("PostgreSQL is unreachable (no connection)") from None
         except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError):  # most likely, the connection broke
+                self._reachable = False
             raise StoreUnavailable(
                 f"PostgreSQL: {type(exc).__name__}: {self._scrub(exc)}"
             ) from None
