@@ -98,8 +98,13 @@ class SpooledEvents(PendingEvents):
         self._path = config.spool_path
         self._sync = config.spool_sync
         self._max_bytes = config.spool_max_bytes
-        self._first_pause = config.retry_delay_ms / 1000 * 2**config.max_retries
         self._max_pause = config.spool_max_pause_ms / 1000
+        # The seed's schedule goes on where max_retries stopped: d * 2**max_retries, then
+        # doubling with each deferral, up to spool_max_pause_ms. (Exponents are capped
+        # only so that the numbers stay floats.)
+        self._first_pause = min(
+            self._max_pause, config.retry_delay_ms / 1000 * 2 ** min(config.max_retries, 64)
+        )
         self._rows: Optional[SpoolRows] = None
         self._opened = False  # tried to open (once per process)
         self._ready = 0  # own rows ready to go
@@ -275,7 +280,7 @@ class SpooledEvents(PendingEvents):
             return True
 
     def _defer(self, batch: SpoolBatch, batch_id: str, problem: str) -> None:
-        pause = min(self._max_pause, self._first_pause * 2**batch.deferrals)
+        pause = min(self._max_pause, self._first_pause * 2 ** min(batch.deferrals, 64))
         due = time.time() + pause
         self._write(lambda rows: rows.defer(batch.row_ids, due))
         if self._next_deferred_due is None or due < self._next_deferred_due:
@@ -362,13 +367,13 @@ class SpooledEvents(PendingEvents):
         """The client is done: what is still on disk is left to the next client (in any
         process) to take over, and the file is closed."""
         with self._settled:
-            rows = self._rows
-            if rows is None:
-                return
-            self._leave_on_disk(self._own_pending)
+            self._leave_on_disk(self._own_pending)  # also if the file failed under way
             self._outstanding.clear()
             self._ready = 0
             left = self._counts["spooled_at_exit"]
+            rows = self._rows
+            if rows is None:
+                return
             self._rows = None
             try:
                 self._gauges = rows.gauges()
@@ -496,6 +501,8 @@ class SpooledEvents(PendingEvents):
         self._approx_bytes = rows.used_bytes()
 
     def _heartbeat_lost(self) -> None:
+        if not self._own_pending:
+            return  # it had nothing another process could have taken over
         logger.warning(
             "Spool %s: this process had been taken for dead (no heartbeat for %g s); "
             "some of its events may be sent twice",

@@ -212,10 +212,20 @@ def mark_unowned(conn: sqlite3.Connection) -> None:
 
 
 def open_existing(path: str) -> sqlite3.Connection:
-    """For the command line: the spool at ``path``, which must exist already."""
+    """For the command line: the spool at ``path``, which must exist already; another
+    SQLite file is refused untouched (``SpoolUnusable``)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no spool file at {path!r}")
-    return connect(path)
+    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if version != SCHEMA_VERSION or not {"events", "owners", "dead_letters"} <= tables:
+            raise SpoolUnusable("not a spool file of this version")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def status(conn: sqlite3.Connection) -> dict[str, object]:

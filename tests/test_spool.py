@@ -321,3 +321,26 @@ def test_the_spool_waits_out_an_overload_pause_with_concurrent_senders(
     stats = client.stats()
     assert (stats.delivered, stats.retries, stats.spool_depth) == (80, 0, 0)
     assert_balanced(stats)
+
+
+def test_the_spool_command_refuses_files_that_are_not_spools_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    other = tmp_path / "app.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER)")
+    before = other.read_bytes()
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\x00not sqlite" * 100)
+    command = [sys.executable, "-m", "campaign_cart_analytics", "spool"]
+    for path, message in ((other, "not a spool file"), (garbage, "not a database")):
+        result = subprocess.run(
+            [*command, "requeue", str(path)], capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert other.read_bytes() == before
+    wrong = subprocess.run(
+        [*command, "status", str(other), "--id", "3"], capture_output=True, text=True, timeout=30
+    )
+    assert wrong.returncode == 2 and "--id goes with requeue only" in wrong.stderr
