@@ -8,7 +8,7 @@ answers the latest N events oldest first, ``?after=CURSOR&limit=N`` those receiv
 after the cursor, and every answer carries ``next``. ``cursor=False`` speaks as a
 receiver without paging: the latest N, no ``next``, ``after`` ignored. Events are
 added straight into memory (``add``), and ``fail_with`` makes every answer an error
-until it is cleared, so that the page's two ways of polling and its handling of a
+until it is cleared, ``stats_take`` slows ``/stats`` down, so that the page's two ways of polling and its handling of a
 failing receiver are tested whatever the reference receiver speaks.
 """
 
@@ -21,6 +21,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -46,6 +47,8 @@ class PagedReceiver:
     def __init__(self, *, cursor: bool) -> None:
         self.cursor = cursor
         self.fail_with: Optional[int] = None
+        self.stats_take = 0.0  # seconds GET /stats takes, as counting a big store does
+        self.stats_asked = 0
         self.queries: list[dict[str, str]] = []  # of each GET /events, in order
         self._events: list[dict[str, Any]] = []  # position i + 1 is the cursor after event i
         self._lock = threading.Lock()
@@ -81,7 +84,9 @@ class PagedReceiver:
         if self.fail_with is not None:
             return _json(start_response, self.fail_with, {"error": "the store is down"})
         if path == "/stats":
+            time.sleep(self.stats_take)
             with self._lock:
+                self.stats_asked += 1
                 return _json(start_response, 200, {"events": len(self._events), "batches": 0,
                              "duplicates": 0, "rejected_requests": 0, "by_event": {}})  # fmt: skip
         query = {name: values[0] for name, values in parse_qs(environ["QUERY_STRING"]).items()}

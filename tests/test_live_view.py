@@ -425,6 +425,15 @@ def test_after_a_failing_or_emptied_receiver_the_page_catches_up(
     assert shown_names(page)[:3] == ["fresh_1", "fresh_0", "after"]
 
 
+def test_slow_counters_are_asked_for_less_often(context: Any, failing: PagedReceiver) -> None:
+    failing.stats_take = 0.05  # 20 times that is a second: about one in ten polls asks
+    page, requests = open_live(context, failing.base)
+    wait_state(page, "live")
+    page.wait_for_timeout(1500)
+    polls = len(events_queries(requests))
+    assert 1 <= failing.stats_asked <= 3 < polls, (failing.stats_asked, polls)  # not every poll
+
+
 def test_a_hidden_tab_stops_polling_until_it_is_shown(context: Any, receiver: LocalServer) -> None:
     page, requests = open_live(context, base_of(receiver))
     wait_state(page, "live")

@@ -16,6 +16,7 @@
   const TOKEN_KEY = "campaign-cart-analytics.receiver-token";
   const REQUEST_TIMEOUT_MS = 10000; // a receiver that accepts and never answers stalls nothing
   const MAX_SHOWN_CHARS = 200; // of one value in a row's summary; the JSON view has all of it
+  const MAX_TITLE_CHARS = 1000;
   const MAX_NAME_BUTTONS = 100;
   const INTERVAL_MS = clamp(Number(new URLSearchParams(location.search).get("interval_ms")) || 1000, 100, 60000);
   const MAX_RETRY_MS = Math.min(10 * INTERVAL_MS, Math.max(10000, INTERVAL_MS)); // 10 s at 1 s
@@ -35,6 +36,7 @@
   let failures = 0;
   let lastNames = "";
   let lastTotal = 0; // the receiver's count of stored events at the last poll
+  let statsDue = 0; // performance.now() from which GET stats is asked again
 
   class HttpError extends Error {
     constructor(status, message) {
@@ -95,6 +97,7 @@
   }
 
   function pollSoon() {
+    statsDue = 0; // a new filter, token or look at the tab: counters as of now
     if (inFlight) again = true;
     else schedule(0);
   }
@@ -107,16 +110,18 @@
     const paged = cursor !== null && !resync;
     let delay = INTERVAL_MS;
     try {
-      const [page, stats] = await Promise.all([getJSON(eventsPath(paged)), getJSON("stats")]);
+      const [page, stats] = await Promise.all([getJSON(eventsPath(paged)), statsIfDue()]);
       if (mine === generation) {
         delay = takeEvents(page, paged);
-        if (storeWasReset(stats)) delay = 0;
-        showStats(stats);
+        if (stats !== null && storeWasReset(stats)) delay = 0;
+        if (stats !== null) showStats(stats);
         failures = 0;
-        setStatus("live", `Live: polling every ${INTERVAL_MS / 1000} s; updated ${clock(new Date())}.`);
+        setStatus("live", `Live: polling every ${INTERVAL_MS / 1000} s.`);
+        $("updated").textContent = `Updated ${clock(new Date())}.`;
       }
     } catch (error) {
       failures += 1;
+      statsDue = 0;
       resync = true; // the receiver may have restarted, with another store: the cursor may be stale
       delay = Math.min(MAX_RETRY_MS, INTERVAL_MS * 2 ** Math.min(failures - 1, 6));
       showTrouble(error, delay);
@@ -128,6 +133,16 @@
       delay = 0;
     }
     schedule(delay);
+  }
+
+  // Counting is a full scan of the receiver's store, so the counters are asked for at most
+  // once in twenty times as long as they last took: a big store spends 5% on this page at most.
+  async function statsIfDue() {
+    const started = performance.now();
+    if (started < statsDue) return null;
+    const stats = await getJSON("stats");
+    statsDue = started + 20 * (performance.now() - started);
+    return stats;
   }
 
   // Adds a page of events; returns how long to wait before the next poll.
@@ -199,7 +214,7 @@
     const span = document.createElement("span");
     span.className = kind;
     span.textContent = value.length > MAX_SHOWN_CHARS ? value.slice(0, MAX_SHOWN_CHARS) + "\u2026" : value;
-    span.title = title === undefined ? value : title;
+    span.title = (title === undefined ? value : title).slice(0, MAX_TITLE_CHARS);
     return span;
   }
 
