@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from live_page import ROWS, events_queries, json_view, shown_names, wait_rows, wait_state, wait_text
 from live_receivers import PagedReceiver, ReceiveCommand, event, post
 
 from campaign_cart_analytics.receiver import LocalServer, create_app, live, serve
@@ -40,7 +41,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 INTERVAL_MS = 100
 WAIT_MS = 5000  # for anything the page should show within a few polls; generous for 2 busy cores
 TOKEN = "s3cret-Token_42"
-ROWS = "#events > li"
 HOSTILE_NAME = '<img src=x onerror="window.__pwned=1">'
 HOSTILE_NOTE = "</script><script>window.__pwned=2</script>"
 HOSTILE_USER = "<svg onload=window.__pwned=3>"
@@ -107,54 +107,6 @@ def open_live(context: Any, base: str) -> tuple[Any, list[Any]]:
     page.on("request", lambda request: requests.append(request))
     page.goto(f"{base}/?interval_ms={INTERVAL_MS}")
     return page, requests
-
-
-def shown_names(page: Any) -> list[str]:
-    return [str(name) for name in page.locator(f"{ROWS} .name").all_text_contents()]
-
-
-def wait_rows(page: Any, count: int) -> None:
-    """Wait until the list shows ``count`` rows (checked every frame, not every 100+ ms)."""
-    try:
-        page.wait_for_function(
-            "([rows, count]) => document.querySelectorAll(rows).length === count", arg=[ROWS, count]
-        )  # a function, not an expression: the page's CSP forbids eval
-    except playwright_api.Error:
-        shown, status = page.locator(ROWS).count(), page.locator("#status").text_content()
-        raise AssertionError(f"{shown} rows shown, not {count}; status: {status!r}") from None
-
-
-def wait_state(page: Any, state: str) -> None:
-    page.wait_for_selector(f"#status[data-state={state}]", state="attached")
-
-
-def wait_text(page: Any, selector: str, text: str) -> None:
-    """Wait until the first element ``selector`` matches holds ``text`` (checked every frame)."""
-    try:
-        page.wait_for_function(
-            "([selector, text]) => document.querySelector(selector)?.textContent.includes(text)",
-            arg=[selector, text],
-        )
-    except playwright_api.Error:
-        shown = page.locator(selector).first.text_content()
-        raise AssertionError(f"{selector} holds {shown!r}, without {text!r}") from None
-
-
-def json_view(row: Any) -> Any:
-    """What a row's expandable JSON view shows, opened by a click."""
-    row.locator("summary").click()
-    row.locator("pre:not(:empty)").wait_for(state="attached")  # filled a task after the click
-    return json.loads(row.locator("pre").text_content())
-
-
-def events_queries(requests: list[Any]) -> list[dict[str, str]]:
-    """The query of each ``GET /events`` the page made, in order."""
-    queries = []
-    for request in list(requests):
-        path, _, query = request.url.partition("?")
-        if path.endswith("/events"):
-            queries.append(dict(pair.split("=", 1) for pair in query.split("&") if pair))
-    return queries
 
 
 # ---------------------------------------------------------------- the files, over plain HTTP
