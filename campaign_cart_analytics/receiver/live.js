@@ -279,7 +279,7 @@
 
   function setStatus(state, message) {
     statusLine.dataset.state = state;
-    statusLine.textContent = message;
+    if (statusLine.textContent !== message) statusLine.textContent = message; // a live region: said aloud
     $("token-form").hidden = state !== "unauthorized" && !sessionStorage.getItem(TOKEN_KEY);
   }
 
