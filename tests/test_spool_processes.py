@@ -74,8 +74,10 @@ def test_sigkill_mid_stream_then_a_restart_delivers_every_returned_id(
     assert tracker.stdout is not None
     returned = [tracker.stdout.readline().strip() for _ in range(400)]
     tracker.send_signal(signal.SIGKILL)
-    rest, stderr = tracker.communicate(timeout=10)
-    returned += [line for line in rest.split("\n")[:-1]]  # a cut-off last line was not returned
+    tracker.wait(timeout=10)
+    assert tracker.stderr is not None
+    rest, stderr = tracker.stdout.read(), tracker.stderr.read()  # through the buffers read
+    returned += rest.split("\n")[:-1]  # a cut-off last line was not returned
     assert tracker.returncode == -signal.SIGKILL and "Traceback" not in stderr
     assert "None" not in returned
     before_restart = delivered_ids(receiver)
