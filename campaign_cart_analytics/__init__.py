@@ -42,8 +42,10 @@ __all__ = [
     "configure",
     "context",
     "flush",
+    "flush_async",
     "get_client",
     "shutdown",
+    "shutdown_async",
     "track",
     "use_analytics",
 ]
@@ -96,3 +98,13 @@ def flush(timeout: Optional[float] = None) -> bool:
 def shutdown(timeout: Optional[float] = None) -> bool:
     """``shutdown`` on the module-level client (see ``configure``)."""
     return get_client().shutdown(timeout)
+
+
+async def flush_async(timeout: Optional[float] = None) -> bool:
+    """``flush_async`` on the module-level client: the event loop runs on while it waits."""
+    return await get_client().flush_async(timeout)
+
+
+async def shutdown_async(timeout: Optional[float] = None) -> bool:
+    """``shutdown_async`` on the module-level client: the event loop runs on while it waits."""
+    return await get_client().shutdown_async(timeout)

@@ -342,6 +342,30 @@ def test_flush_async_does_not_block_the_event_loop(make_client: Any, receiver: R
     assert asyncio.run(main()) < 0.2
 
 
+def test_module_level_flush_async_and_shutdown_async(receiver: Receiver) -> None:
+    receiver.respond = lambda request: Reply(202, delay=0.5)
+    cca.configure(endpoint=receiver.url, batch_interval_ms=60_000)
+    ticks: list[float] = []
+
+    async def main() -> tuple[bool, bool]:
+        async def tick() -> None:
+            for _ in range(10):
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        cca.track("e")
+        flushed, _ = await asyncio.gather(cca.flush_async(timeout=5), tick())
+        cca.track("f")
+        return flushed, await cca.shutdown_async(timeout=5)
+
+    try:
+        assert asyncio.run(main()) == (True, True)
+    finally:
+        cca.get_client().shutdown(timeout=1)
+    assert [e["event"] for e in receiver.delivered_events()] == ["e", "f"]
+    assert len(ticks) == 10 and ticks[-1] - ticks[0] < 0.4  # ticked while the flush waited
+
+
 def test_on_error_gets_every_dropped_event_once_at_exit(receiver: Receiver, tmp_path: Path) -> None:
     """A process whose endpoint hangs: exit is bounded, and on_error hears of every event."""
     receiver.respond = lambda request: Reply(202, delay=3)
