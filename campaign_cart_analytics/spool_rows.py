@@ -266,6 +266,8 @@ class SpoolRows:
         """Copy the WAL into the database file, on a connection of its own, so that the
         caller need not hold the lock ``track()`` takes: a checkpoint may wait for a disk
         flush, and never holds up writers."""
+        if self._db is None:
+            return  # handed over or retired: no new connection now
         if self._checkpointer is None:
             self._checkpointer = sqlite3.connect(
                 self.path, timeout=0.1, isolation_level=None, check_same_thread=False
