@@ -173,32 +173,36 @@ def test_eight_sdk_threads_through_four_workers_store_every_event_once(
 
 
 def test_a_loader_paging_while_four_workers_write_sees_every_event_exactly_once(
-    receivers: Any, database_url: str, postgres_server: PostgresServer
+    receivers: Any, database_url: str, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
-    """Commits are made to come out of order: each batch's transaction waits a random
-    0-30 ms after its events are written. A loader paging by a serial id would skip
-    the events of a transaction that commits after a later one was handed out (without
-    the store's horizon, this test fails in most runs)."""
+    """Commits are made to come out of order: one batch's transaction in five waits 50 ms
+    after its events are written. A loader paging by a serial id would skip the events
+    of a transaction that commits after a later one was handed out (without the store's
+    horizon, this test fails in most runs). The writers are 4 ``send`` processes."""
     receiver = receivers(database_url, "--workers", "4")
     assert receiver.call("/healthz")[0] == 200  # migrated: the trigger has a table
     postgres_server.execute(
         "CREATE FUNCTION jitter() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN PERFORM pg_sleep(random() * 0.03); RETURN NEW; END $$;"
+        "$$ BEGIN IF random() < 0.2 THEN PERFORM pg_sleep(0.05); END IF; RETURN NEW; END $$;"
         "CREATE TRIGGER jitter AFTER INSERT ON batches FOR EACH ROW EXECUTE FUNCTION jitter()",
         database_url.rsplit("/", 1)[1],
     )
     sent = [[f"w{writer}-{n}" for n in range(500)] for writer in range(4)]
-    writers = [
-        threading.Thread(target=send, args=(receiver.url, names), kwargs={"batch_size": 10})
-        for names in sent
-    ]
-    for writer in writers:
-        writer.start()
+    writers = []
+    for number, names in enumerate(sent):
+        lines = (json.dumps({"event": "dl_view_item", "event_id": name}) for name in names)
+        (tmp_path / f"{number}.jsonl").write_text("\n".join(lines) + "\n")
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "campaign_cart_analytics", "send", f"{number}.jsonl",
+             "--endpoint", receiver.url, "--batch-size", "10"],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        writers.append(writer)
     loaded: list[str] = []
     cursor, pages, pages_while_writing = "0", 0, 0
     deadline = time.monotonic() + 30
     while len(loaded) < 2000 and time.monotonic() < deadline:
-        writing = any(writer.is_alive() for writer in writers)
+        writing = any(writer.poll() is None for writer in writers)
         if not writing:
             deadline = min(deadline, time.monotonic() + 3)  # the rest is visible by then
         status, _, page = receiver.call(f"/events?after={cursor}&limit=37")
@@ -206,6 +210,7 @@ def test_a_loader_paging_while_four_workers_write_sees_every_event_exactly_once(
         loaded += [event["event_id"] for event in page["events"]]
         cursor, pages = page["next"], pages + 1
         pages_while_writing += writing
+    assert [writer.wait(timeout=10) for writer in writers] == [0] * 4  # all delivered
     assert pages_while_writing > 10  # the loader did page while the writers wrote
     assert sorted(loaded) == sorted(name for names in sent for name in names)
 

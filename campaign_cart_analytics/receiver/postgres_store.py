@@ -48,12 +48,21 @@ except ImportError:  # pragma: no cover - the extra is not installed
 
 _MIGRATION_LOCK = 0x63636172  # pg_advisory_xact_lock key: one process migrates at a time
 
+# A batch is one statement, so one transaction and one round trip: the events, then
+# the batch's row with how many of them were already stored.
 _INSERT = """
-    INSERT INTO events (event_id, n, name, batch_id, event)
-    SELECT e.event_id, e.n, e.name, %s, e.body::jsonb
-    FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[]) AS e(event_id, n, name, body)
-    ORDER BY e.event_id, e.n
-    ON CONFLICT (event_id) DO NOTHING
+    WITH inserted AS (
+        INSERT INTO events (event_id, n, name, batch_id, event)
+        SELECT e.event_id, e.n, e.name, %(batch_id)s, e.body::jsonb
+        FROM unnest(%(ids)s::text[], %(places)s::int[], %(names)s::text[], %(bodies)s::text[])
+            AS e(event_id, n, name, body)
+        ORDER BY e.event_id, e.n
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING 1
+    )
+    INSERT INTO batches (batch_id, size, duplicates)
+    SELECT %(batch_id)s, %(size)s, %(size)s - count(*) FROM inserted
+    RETURNING duplicates
 """
 _VISIBLE = "txid < pg_snapshot_xmin(pg_current_snapshot())"
 _STATS = """
@@ -172,18 +181,17 @@ class PostgresStore(Store):
     # ------------------------------------------------------------ the interface
 
     def add_batch(self, batch_id: Optional[str], events: Sequence[dict[str, Any]]) -> int:
-        ids = [event["event_id"] for event in events]
-        names = [event["event"] for event in events]
-        bodies = [json.dumps(event) for event in events]
-        places = list(range(1, len(events) + 1))
-        with self._connection() as conn, conn.transaction():
-            inserted = conn.execute(_INSERT, (batch_id, ids, places, names, bodies)).rowcount
-            duplicates = len(events) - max(inserted, 0)
-            conn.execute(
-                "INSERT INTO batches (batch_id, size, duplicates) VALUES (%s, %s, %s)",
-                (batch_id, len(events), duplicates),
-            )
-        return duplicates
+        parameters = {
+            "batch_id": batch_id,
+            "size": len(events),
+            "ids": [event["event_id"] for event in events],
+            "places": list(range(1, len(events) + 1)),
+            "names": [event["event"] for event in events],
+            "bodies": [json.dumps(event) for event in events],
+        }
+        with self._connection() as conn:
+            row = conn.execute(_INSERT, parameters).fetchone()
+        return int(row[0]) if row else 0
 
     def count_rejected(self, status: int) -> None:
         """Counted in the database; kept here and added later while it is unreachable,
