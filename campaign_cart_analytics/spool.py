@@ -1,11 +1,11 @@
 """``SpooledEvents``: ``PendingEvents`` kept in a SQLite file, so that nothing accepted is lost.
 
 With ``spool_path`` set, ``track()`` commits each encoded event to the spool
-file (``spool_file``, through ``spool_rows``) before it returns its id, and the worker drains the
-file through the same interface it drains memory with: ``take_ready`` claims
-the oldest ready rows of this process as a batch, ``settle_delivered``
-deletes them. The worker does not know which store it drains; the few fates
-that differ are decided here:
+file (``spool_file``; the statements are in ``spool_rows``) before it returns
+its id, and the worker drains the file through the interface it drains
+memory with: ``take_ready`` claims the oldest ready rows of this process as a
+batch, ``settle_delivered`` deletes them. The worker does not know which
+store it drains; the few fates that differ are decided here:
 
 - a batch whose retries are exhausted (``keep``) stays on disk, deferred
   for a pause that doubles each time (``retry_delay * 2**(max_retries + n)``,
@@ -16,14 +16,17 @@ that differ are decided here:
   the start of the response body;
 - at shutdown, what could not be delivered in time stays on disk, counted as
   ``spooled_at_exit`` (not ``dropped_shutdown``), and is handed to whichever
-  client opens the file next (``detach``).
+  client opens the file next (``detach``);
+- ``flush()`` waits for what is ready or in flight, not for events kept on
+  disk until later, and returns False once after some were kept;
+- beyond ``spool_max_bytes`` (the file's pages in use, measured each second,
+  plus this process's inserts since) the newest events are refused and
+  counted as ``dropped_spool_full``: what was accepted is never given up.
 
-Several processes may share one file. Each answers only for the rows it
-wrote or took over (``owner``), so no two send the same event; the rows of
-a process that died are taken over by the next client that looks (within a
-second for live ones, at once for a new one), oldest first. A duplicate can
-only happen when a process dies between the endpoint's 2xx and the delete;
-the receiver drops it by ``event_id`` (and the batch's ``Idempotency-Key``).
+Several processes may share one file; each sends only the rows it owns
+(``spool_file`` says how a dead owner's rows are taken over). A duplicate
+can only come from a process dying between the endpoint's 2xx and the
+delete; the receiver drops it by ``event_id`` or ``Idempotency-Key``.
 
 ``track()`` never raises because of the spool and never waits long: an
 insert that cannot get the file's write lock within ``PUT_WAIT``, or fails
@@ -32,9 +35,8 @@ class's queue, bounded by ``max_queue_size``), counted as ``spool_fallback``.
 A file that is not a database is moved aside with an ERROR and a fresh one
 started; one that cannot be opened at all leaves the client in memory.
 
-One connection per process (a forked child opens its own; the parent's is
-never touched there), used under the same lock as the counters, so a
-row's state and its count in ``stats()`` change together.
+The connection is used under the same lock as the counters, so a row's
+state and its count in ``stats()`` change together.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from ._logging import RateLimitedLog, logger
 from .config import Config
 from .pending import PendingEvents, TakenBatch
 from .spool_file import OWNER_TTL, SpoolUnusable, is_corrupt
-from .spool_rows import OwnRows, SpoolRows
+from .spool_rows import OwnRows, SpoolBatch, SpoolRows
 from .stats import Stats
 
 #: Seconds an insert in ``track()`` waits for another process's write lock before the
@@ -63,22 +65,6 @@ UPKEEP_INTERVAL = 1.0
 
 #: Bytes a row costs beyond its body, for the size estimate between two measurements.
 ROW_OVERHEAD = 48
-
-
-@attrs.frozen
-class SpoolBatch(TakenBatch):
-    """A batch of spooled rows: ``first_seq`` is its first row id, ``row_ids`` all of them."""
-
-    row_ids: tuple[int, ...] = ()
-    deferrals: int = 0  # how many times its events were deferred before
-
-    def halves(self) -> tuple[SpoolBatch, SpoolBatch]:
-        half = len(self.texts) // 2
-        ids, texts, deferrals = self.row_ids, self.texts, self.deferrals
-        return (
-            SpoolBatch(ids[0], texts[:half], row_ids=ids[:half], deferrals=deferrals),
-            SpoolBatch(ids[half], texts[half:], row_ids=ids[half:], deferrals=deferrals),
-        )
 
 
 class SpooledEvents(PendingEvents):
@@ -229,16 +215,13 @@ class SpooledEvents(PendingEvents):
                 return None
 
     def _claim(self, rows: SpoolRows) -> Optional[SpoolBatch]:
-        claimed, following = rows.claim(self._batch_size)
+        batch, following = rows.claim(self._batch_size)
         self._set_next_ready(following)
-        self._ready = 0 if following is None else max(1, self._ready - len(claimed))
+        taken = 0 if batch is None else len(batch.row_ids)
+        self._ready = 0 if following is None else max(1, self._ready - taken)
         self._settled.notify_all()
-        if not claimed:
-            return None
-        ids = tuple(row[0] for row in claimed)
-        texts = [row[1] for row in claimed]
-        batch = SpoolBatch(ids[0], texts, row_ids=ids, deferrals=max(r[2] for r in claimed))
-        self._outstanding[batch.first_seq] = batch
+        if batch is not None:
+            self._outstanding[batch.first_seq] = batch
         return batch
 
     def wait(self, until: Optional[float], *, for_batch: bool, since: int) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, TypeVar
 import attrs
 
 from ._logging import logger
+from .pending import TakenBatch
 from .spool_file import (
     adopt_orphans,
     connect,
@@ -68,6 +69,22 @@ _DEAD_LETTER = (
 
 def _in(template: str, ids: tuple[int, ...]) -> str:
     return template.format(",".join("?" * len(ids)))
+
+
+@attrs.frozen
+class SpoolBatch(TakenBatch):
+    """A batch of spooled rows: ``first_seq`` is its first row id, ``row_ids`` all of them."""
+
+    row_ids: tuple[int, ...] = ()
+    deferrals: int = 0  # how many times its events were deferred before
+
+    def halves(self) -> tuple[SpoolBatch, SpoolBatch]:
+        half = len(self.texts) // 2
+        ids, texts, deferrals = self.row_ids, self.texts, self.deferrals
+        return (
+            SpoolBatch(ids[0], texts[:half], row_ids=ids[:half], deferrals=deferrals),
+            SpoolBatch(ids[half], texts[half:], row_ids=ids[half:], deferrals=deferrals),
+        )
 
 
 @attrs.frozen
@@ -193,9 +210,9 @@ class SpoolRows:
         return row
 
     @_gated
-    def claim(self, limit: int) -> tuple[list[tuple[int, bytes, int]], Optional[tuple[int, float]]]:
-        """Mark this process's oldest ``limit`` ready rows as in flight: their
-        ``(id, body, deferrals)``, and ``(id, queued_at)`` of the next ready row."""
+    def claim(self, limit: int) -> tuple[Optional[SpoolBatch], Optional[tuple[int, float]]]:
+        """Mark this process's oldest ``limit`` ready rows as in flight: them as a batch
+        (None if there were none), and ``(id, queued_at)`` of the next ready row."""
 
         def claim(db: sqlite3.Connection) -> Any:
             rows = db.execute(_CLAIM, (self._cursor, self.token, limit)).fetchall()
@@ -204,9 +221,13 @@ class SpoolRows:
                 self._cursor = rows[-1][0]
             return rows, db.execute(_NEXT_READY, (self._cursor, self.token)).fetchone()
 
-        result: tuple[list[tuple[int, bytes, int]], Optional[tuple[int, float]]]
-        result = self._transaction(claim)
-        return result
+        rows, following = self._transaction(claim)
+        if not rows:
+            return None, following
+        ids = tuple(row[0] for row in rows)
+        texts = [row[1] for row in rows]
+        deferrals = max(row[2] for row in rows)
+        return SpoolBatch(ids[0], texts, row_ids=ids, deferrals=deferrals), following
 
     @_gated
     def delete(self, ids: tuple[int, ...]) -> None:
