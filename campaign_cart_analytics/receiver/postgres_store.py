@@ -49,14 +49,14 @@ except ImportError:  # pragma: no cover - the extra is not installed
 _MIGRATION_LOCK = 0x63636172  # pg_advisory_xact_lock key: one process migrates at a time
 
 # A batch is one statement, so one transaction and one round trip: the events, then
-# the batch's row with how many of them were already stored.
+# the batch's row with how many of them were already stored. The events go as one JSON
+# array that PostgreSQL takes apart: far less work in Python than a parameter per column.
 _INSERT = """
     WITH inserted AS (
         INSERT INTO events (event_id, n, name, batch_id, event)
-        SELECT e.event_id, e.n, e.name, %(batch_id)s, e.body::jsonb
-        FROM unnest(%(ids)s::text[], %(places)s::int[], %(names)s::text[], %(bodies)s::text[])
-            AS e(event_id, n, name, body)
-        ORDER BY e.event_id, e.n
+        SELECT e.event ->> 'event_id', e.n, e.event ->> 'event', %(batch_id)s, e.event
+        FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e(event, n)
+        ORDER BY e.event ->> 'event_id', e.n
         ON CONFLICT (event_id) DO NOTHING
         RETURNING 1
     )
@@ -181,14 +181,7 @@ class PostgresStore(Store):
     # ------------------------------------------------------------ the interface
 
     def add_batch(self, batch_id: Optional[str], events: Sequence[dict[str, Any]]) -> int:
-        parameters = {
-            "batch_id": batch_id,
-            "size": len(events),
-            "ids": [event["event_id"] for event in events],
-            "places": list(range(1, len(events) + 1)),
-            "names": [event["event"] for event in events],
-            "bodies": [json.dumps(event) for event in events],
-        }
+        parameters = {"batch_id": batch_id, "size": len(events), "events": json.dumps(events)}
         with self._connection() as conn:
             row = conn.execute(_INSERT, parameters).fetchone()
         return int(row[0]) if row else 0
