@@ -11,7 +11,6 @@ logged, counted in ``stats()`` and reported to ``on_error``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -39,6 +38,7 @@ from .events import (
     EventFactory,
     UnencodableValue,
     copy_tree,
+    decode_for_report,
     encode,
     envelope_problem,
     find_unencodable,
@@ -455,7 +455,7 @@ class Analytics:
                     batch_id="",
                     attempts=0,
                 )
-                report_error(self.config, [json.loads(text) for text in texts], error)
+                report_error(self.config, decode_for_report(texts), error)
             state.pending.wait_for_reports(REPORT_GRACE)
         dropped = state.pending.stats().dropped_shutdown - dropped_before
         if dropped:

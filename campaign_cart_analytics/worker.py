@@ -36,7 +36,6 @@ counted as dropped (never lost silently), and the loop goes on.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import threading
 import time
@@ -46,7 +45,7 @@ from ._logging import RateLimitedLog, logger
 from ._threads import mark_as_delivery_thread
 from .config import Config, redact_url
 from .errors import DeliveryError, ShutdownDropError
-from .events import new_batch_id
+from .events import decode_for_report, new_batch_id
 from .overload import OverloadGate
 from .pending import PendingEvents, TakenBatch
 from .retry import DeliveryRetry
@@ -337,7 +336,7 @@ class Worker:
         if not self._pending.count(batch, counter, problem=str(error)):
             return  # a shutdown counted these and told on_error already
         try:
-            report_error(self._config, [json.loads(text) for text in batch.texts], error)
+            report_error(self._config, decode_for_report(batch.texts), error)
         finally:
             self._pending.release(batch, reported=True)
 

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from receiver import Receiver
 
 import campaign_cart_analytics as cca
+from campaign_cart_analytics import events
 
 
 @pytest.fixture
@@ -59,3 +60,13 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     return cert, key
+
+
+@pytest.fixture(params=["orjson", "stdlib"])
+def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both of ``encode``'s paths: orjson where it is installed, the stdlib's without it."""
+    if request.param == "stdlib":
+        monkeypatch.setattr(events, "use_orjson", False)
+    elif not events.use_orjson:
+        pytest.skip("orjson is not installed on this interpreter")
+    return str(request.param)

@@ -15,6 +15,7 @@ import pytest
 from receiver import Receiver
 
 import campaign_cart_analytics as cca
+from campaign_cart_analytics import events
 from campaign_cart_analytics.events import EventFactory, encode
 
 ISO_UTC_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -191,6 +192,82 @@ def test_extra_types_are_encoded_as_the_spec_says(make_client: Any, receiver: Re
 def test_a_string_that_looks_like_our_decimal_marker_stays_a_string() -> None:
     text = encode({"note": "cca-decimal-0000000000000000:1.5", "v": decimal.Decimal("1.5")})
     assert json.loads(text) == {"note": "cca-decimal-0000000000000000:1.5", "v": 1.5}
+
+
+class _FirstValues(dict):  # type: ignore[type-arg]
+    """Like Flask's MultiDict and Django's QueryDict: items() shows one value per key."""
+
+    def items(self) -> Any:
+        return [(key, values[0]) for key, values in dict.items(self)]
+
+
+class _Money(decimal.Decimal):
+    def __str__(self) -> str:
+        return f"{decimal.Decimal.__str__(self)} USD"
+
+
+class _BrokenZone(dt.tzinfo):
+    def utcoffset(self, when: Any) -> dt.timedelta:
+        raise RuntimeError("no offset today")
+
+
+def _nested(levels: int) -> list[Any]:
+    outer: list[Any] = []
+    inner = outer
+    for _ in range(levels):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ({"q": _FirstValues(q=["shoes", "boots"])}, b'{"q":{"q":"shoes"}}'),
+        ({"v": _Money("29.99")}, b'{"v":29.99}'),  # a JSON number, whatever __str__ says
+        ({"n": None, "s": "annulled"}, b'{"n":null,"s":"annulled"}'),
+    ],
+    ids=["dict-subclass-items", "decimal-subclass", "null"],
+)
+def test_both_encoders_write_the_same(encoder: str, value: Any, written: bytes) -> None:
+    assert encode(value) == written
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"v": decimal.Decimal("9E+308")}, r"\['v'\]: Decimal 9.000E\+308 overflows a double"),
+        (
+            {"d": dt.datetime.max.replace(tzinfo=dt.timezone(-dt.timedelta(hours=5)))},
+            r"\['d'\]: datetime could not be written",
+        ),
+        (
+            {"t": dt.datetime(2025, 1, 1, tzinfo=_BrokenZone())},
+            r"\['t'\]: datetime could not be written: no offset today",
+        ),
+        ({"h": {float("nan"): 3}}, r"\['h'\]: dict key nan is not JSON"),
+        ({"m": {10**5000: 1}}, r"\['m'\]: dict key of 16610 bits is too large"),
+        (
+            {"p": {decimal.Decimal("NaN"), decimal.Decimal(1)}},
+            r"\['p'\]\[\d\]: Decimal NaN is not JSON",
+        ),
+        ({"deep": _nested(5000)}, r"nested too deeply"),
+    ],
+    ids=[
+        "decimal-beyond-double",
+        "datetime-beyond-utc",
+        "tzinfo-raises",
+        "nan-key",
+        "huge-int-key",
+        "nan-in-set",
+        "deep",
+    ],
+)
+def test_both_encoders_refuse_the_same_naming_the_path(
+    encoder: str, value: Any, message: str
+) -> None:
+    with pytest.raises(events.UnencodableValue, match=message):
+        encode(value)
 
 
 def test_the_event_is_a_snapshot(make_client: Any, receiver: Receiver) -> None:

@@ -163,16 +163,6 @@ def resolve(properties: Mapping[str, Any], path: str) -> Any:
 # ---------------------------------------------------------------- encode()
 
 
-@pytest.fixture(params=["orjson", "stdlib"])
-def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both of ``encode``'s paths: orjson where it is installed, the stdlib's without it."""
-    if request.param == "stdlib":
-        monkeypatch.setattr(events, "use_orjson", False)
-    elif not events.use_orjson:
-        pytest.skip("orjson is not installed on this interpreter")
-    return str(request.param)
-
-
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
