@@ -400,6 +400,10 @@ class SpooledEvents(PendingEvents):
     def _rows_due_at(self) -> Optional[float]:
         if not self._ready or self._next_ready_id is None:
             return None
+        # Claimed rows are held in memory until settled: at most max_queue_size of them,
+        # so that an outage with a deep spool does not pull the whole file into memory.
+        if sum(len(batch.row_ids) for batch in self._outstanding.values()) >= self._max_size:
+            return None
         if (
             self._closing
             or self._ready >= self._batch_size

@@ -344,3 +344,24 @@ def test_the_spool_command_refuses_files_that_are_not_spools_and_changes_nothing
         [*command, "status", str(other), "--id", "3"], capture_output=True, text=True, timeout=30
     )
     assert wrong.returncode == 2 and "--id goes with requeue only" in wrong.stderr
+
+
+def test_a_deep_spool_in_an_outage_holds_at_most_max_queue_size_events_in_memory(
+    make_client: Any, receiver: Receiver, tmp_path: Path
+) -> None:
+    path = tmp_path / "spool.db"
+    receiver.respond = lambda request: Reply(500)
+    client = make_client(
+        spool_path=str(path), batch_size=10, max_queue_size=30, max_retries=50,
+        retry_delay_ms=50, batch_interval_ms=10,
+    )  # fmt: skip
+    tracked = [client.track("e", {"i": i}) for i in range(300)]
+    assert None not in tracked  # the memory bound does not refuse spooled events
+    assert wait_until(lambda: len(receiver.requests) >= 10, timeout=5)
+    time.sleep(0.2)
+    claimed = len(rows(path, "state = 1"))
+    assert 10 <= claimed <= 30, claimed  # parked for retries: never more than 30
+    receiver.respond = lambda request: Reply(202)
+    assert client.flush(timeout=10) is True
+    assert sorted(ids_of(receiver.delivered_events())) == sorted(tracked)
+    assert_balanced(client.stats())
