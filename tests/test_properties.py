@@ -67,12 +67,16 @@ good_leaves = st.one_of(
     st.text(alphabet=st.characters(codec="utf-8"), max_size=6),
     st.decimals(allow_nan=False, allow_infinity=False, places=None),
     st.datetimes(),
-    st.datetimes(timezones=st.just(dt.timezone(dt.timedelta(hours=-5)))),
+    st.datetimes(
+        timezones=st.just(dt.timezone(dt.timedelta(hours=-5))),
+        max_value=dt.datetime(9999, 12, 31, 18),  # later ones are past year 9999 in UTC
+    ),
     st.dates(),
     st.uuids(),
     st.sampled_from(Size),
 )
 bad_leaves = st.one_of(
+    st.just(dt.datetime.max.replace(tzinfo=dt.timezone(dt.timedelta(hours=-5)))),
     st.sampled_from([math.nan, math.inf, -math.inf]),
     st.sampled_from([decimal.Decimal("NaN"), decimal.Decimal("Infinity"), decimal.Decimal("sNaN")]),
     st.binary(max_size=4),
@@ -116,6 +120,12 @@ def is_bad(value: Any) -> bool:
         return not math.isfinite(value)
     if isinstance(value, decimal.Decimal):
         return not value.is_finite()
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        try:
+            value.astimezone(dt.timezone.utc)
+        except OverflowError:  # datetime.max at -05:00 is past year 9999 in UTC
+            return True
+        return False
     if value is None or isinstance(value, (bool, int, dt.date, dt.time, uuid.UUID)):
         return False
     if isinstance(value, enum.Enum):
