@@ -365,3 +365,24 @@ def test_a_deep_spool_in_an_outage_holds_at_most_max_queue_size_events_in_memory
     assert client.flush(timeout=10) is True
     assert sorted(ids_of(receiver.delivered_events())) == sorted(tracked)
     assert_balanced(client.stats())
+
+
+def test_a_full_disk_under_way_keeps_events_in_memory_and_delivers_them(
+    make_client: Any, receiver: Receiver, tmp_path: Path, sdk_logs: Any
+) -> None:
+    client = make_client(spool_path=str(tmp_path / "spool.db"), batch_interval_ms=20)
+    before = client.track("before")
+    # SQLite answers SQLITE_FULL ("database or disk is full") past max_page_count, the very
+    # error a full disk gives: cap the file at the pages it has now.
+    connection = client._state.pending._rows._db
+    pages = connection.execute("PRAGMA page_count").fetchone()[0]
+    connection.execute(f"PRAGMA max_page_count={pages}")
+    tracked = [client.track("while_full", {"pad": "x" * 2000, "i": i}) for i in range(20)]
+    assert None not in tracked
+    assert client.flush(timeout=5) is True
+    assert sorted(ids_of(receiver.delivered_events())) == sorted([before, *tracked])
+    stats = client.stats()
+    assert stats.spool_fallback > 0 and stats.delivered == 21
+    full = [r for r in sdk_logs.records if "full" in r.getMessage() and r.levelno == logging.ERROR]
+    assert len(full) == 1  # logged once, not per event
+    assert_balanced(stats)
