@@ -13,10 +13,10 @@ for the run (Debian's binaries, ``initdb`` in a temporary folder, as
 Each run: a fresh database, ``receive`` in its own process(es), then 4 sender
 processes each tracking ``--events`` add-to-cart events (batches of 100) as
 fast as one thread can, and flushing. Stored events/s is events stored
-(``/stats``) divided by the time from the senders' start to the last event
-stored. CPU seconds are summed per part (the senders, the receiver's
-processes, PostgreSQL's server processes) from ``/proc``, to show which part
-the 2 cores were spent on.
+(``/stats``) divided by the time from the senders' start (all ready, payloads
+built) to the last sender's flush returning. CPU is summed per part (the
+senders, the receiver's processes, PostgreSQL's server processes) from
+``/proc``, per event stored, to show where the machine's cores went.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import json
 import os
 import pwd
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,12 +53,16 @@ def send(url: str, events: int) -> None:
 
     payloads = [add_to_cart(n) for n in range(events)]
     client = cca.Analytics(url, batch_size=100, max_queue_size=events)
+    print("ready", flush=True)
+    sys.stdin.readline()  # go: all senders start together, imports and payloads done
+    cpu_started = time.process_time()
     for properties in payloads:
         client.track("dl_add_to_cart", properties)
     delivered = client.flush(timeout=600)
     stats = client.stats()
     client.shutdown(timeout=5)
-    print(json.dumps({"delivered": stats.delivered, "dropped": stats.dropped, "ok": delivered}))
+    cpu = time.process_time() - cpu_started
+    print(json.dumps({"dropped": stats.dropped, "ok": delivered, "cpu": cpu}))
 
 
 # ---------------------------------------------------------------- CPU from /proc
@@ -147,24 +152,30 @@ def measure(
     base = url.rsplit("/", 1)[0]
     while get(base + "/healthz").get("status") != "ok":
         time.sleep(0.05)
-    receiver_cpu = cpu_seconds(tree(receiver.pid))
-    database_cpu = cpu_seconds(tree(postgres_pid)) if postgres_pid else 0.0
-    children_before = _children_cpu()
-    started = time.perf_counter()
     senders = [
         subprocess.Popen(
             [sys.executable, __file__, "--send", url, "--events", str(events)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         for _ in range(SENDERS)
     ]
+    for sender in senders:
+        assert sender.stdout is not None and sender.stdout.readline().strip() == "ready"
+    receiver_cpu = cpu_seconds(tree(receiver.pid))
+    database_cpu = cpu_seconds(tree(postgres_pid)) if postgres_pid else 0.0
+    started = time.perf_counter()
+    for sender in senders:
+        assert sender.stdin is not None
+        sender.stdin.write("go\n")
+        sender.stdin.flush()
     results = []
     for sender in senders:
         out, _ = sender.communicate(timeout=900)
         results.append(json.loads(out))
     elapsed = time.perf_counter() - started
-    sender_cpu = _children_cpu() - children_before  # the senders, exited and reaped
+    sender_cpu = sum(result["cpu"] for result in results)
     stored = get(base + "/stats")["events"]
     receiver_cpu = cpu_seconds(tree(receiver.pid)) - receiver_cpu
     database_cpu = (cpu_seconds(tree(postgres_pid)) - database_cpu) if postgres_pid else 0.0
@@ -182,12 +193,37 @@ def measure(
             "postgres": round(database_cpu, 1),
             "wall_x_cores": round(elapsed * (os.cpu_count() or 1), 1),
         },
+        "cpu_us_per_event": {
+            "senders": round(sender_cpu / stored * 1e6, 1),
+            "receiver": round(receiver_cpu / stored * 1e6, 1),
+            "postgres": round(database_cpu / stored * 1e6, 1),
+        },
     }
 
 
-def _children_cpu() -> float:
-    usage = os.times()
-    return float(usage.children_user + usage.children_system)
+def database_on(server_url: str) -> str:
+    """A new database on an existing server, as a URL (for ``--postgres``)."""
+    import psycopg
+
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}".encode())
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def summary(results: list[dict[str, Any]]) -> str:
+    """Medians per setup, as a Markdown table."""
+    lines = [
+        "| setup | stored events/s | CPU us/event: senders | receiver | PostgreSQL |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for setup in dict.fromkeys(r["setup"] for r in results):
+        runs = [r for r in results if r["setup"] == setup]
+        rate = statistics.median(r["events_per_s"] for r in runs)
+        cpu = [statistics.median(r["cpu_us_per_event"][part] for r in runs)
+               for part in ("senders", "receiver", "postgres")]  # fmt: skip
+        lines.append(f"| {setup} | {rate:,.0f} | " + " | ".join(f"{c:.1f}" for c in cpu) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -203,17 +239,21 @@ def main() -> None:
         return
     server = None if args.postgres else Postgres()
     folder = Path(tempfile.mkdtemp(prefix="cca-bench-sqlite-"))
+    results = []
     try:
-        for run in range(args.runs):
+        for run in range(args.runs):  # setups interleaved, so that all see the same noise
             for setup in args.setups.split(","):
                 if setup == "sqlite":
                     database, workers, pid = f"sqlite:///{folder}/run{run}.sqlite3", 0, None
                 else:
                     workers = int(setup.split("-")[1])
-                    database = server.new_database() if server else args.postgres
+                    database = server.new_database() if server else database_on(args.postgres)
                     pid = server.pid if server else None
-                result = measure(database, workers, args.events, pid)
-                print(json.dumps({"setup": setup, "run": run, **result}), flush=True)
+                measured = measure(database, workers, args.events, pid)
+                result = {"setup": setup, "run": run, **measured}
+                results.append(result)
+                print(json.dumps(result), flush=True)
+        print(summary(results))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         if server is not None:
