@@ -11,9 +11,10 @@ One file holds three tables:
   order events were accepted in, across runs and processes.
 - ``owners``: one row per live client process: host, pid, the process's start
   time and a heartbeat. A process answers only for its own rows, so no two
-  processes send the same event. A row whose owner is gone (its pid no
-  longer runs on this host, or its heartbeat is older than ``OWNER_TTL``) is
-  taken over by the next client that looks.
+  processes send the same event. A row whose owner is gone (on this host: its
+  pid no longer runs, or runs another program; from another host: its
+  heartbeat is older than ``OWNER_TTL``) is taken over by the next client
+  that looks.
 - ``dead_letters``: events the endpoint rejected for good (a 4xx other than
   408, 413 and 429, or a single event still too large), with the status and
   the start of the response body. ``campaign-cart-analytics spool
@@ -150,11 +151,13 @@ def process_started(pid: int) -> Optional[str]:
 
 
 def owner_alive(host: str, pid: int, started: Optional[str], heartbeat: float) -> bool:
-    """Whether the process behind an ``owners`` row still answers for its events."""
-    if time.time() - heartbeat > OWNER_TTL:
-        return False
-    if host != HOST:
-        return True  # only the heartbeat can tell
+    """Whether the process behind an ``owners`` row still answers for its events.
+
+    On this host the process table decides (a wall clock stepped by NTP must not
+    make live processes look dead); elsewhere, or where signals cannot probe a
+    process (Windows: ``os.kill`` would end it), the heartbeat."""
+    if host != HOST or os.name == "nt":
+        return time.time() - heartbeat <= OWNER_TTL
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -163,7 +166,7 @@ def owner_alive(host: str, pid: int, started: Optional[str], heartbeat: float) -
         pass  # exists, someone else's
     now_started = process_started(pid)
     if now_started == "":
-        return False
+        return False  # a zombie: dead, not yet reaped
     return started is None or now_started is None or now_started == started
 
 

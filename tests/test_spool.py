@@ -386,3 +386,19 @@ def test_a_full_disk_under_way_keeps_events_in_memory_and_delivers_them(
     full = [r for r in sdk_logs.records if "full" in r.getMessage() and r.levelno == logging.ERROR]
     assert len(full) == 1  # logged once, not per event
     assert_balanced(stats)
+
+
+def test_an_owner_is_alive_while_its_process_runs_whatever_the_clock_says() -> None:
+    from campaign_cart_analytics.spool_file import HOST, owner_alive, process_started
+
+    me, started = os.getpid(), process_started(os.getpid())
+    stale = time.time() - 3600
+    assert owner_alive(HOST, me, started, stale)  # this host: the process table decides
+    assert not owner_alive(HOST, me, "1", time.time())  # the pid now runs another program
+    assert not owner_alive("elsewhere", me, started, stale)  # another host: the heartbeat
+    assert owner_alive("elsewhere", me, started, time.time())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert wait_until(lambda: process_started(child.pid) == "", timeout=10)  # exited, unreaped
+    assert not owner_alive(HOST, child.pid, None, time.time())  # a zombie is dead
+    child.wait()
+    assert not owner_alive(HOST, child.pid, None, time.time())  # reaped: no such process
