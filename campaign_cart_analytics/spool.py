@@ -476,7 +476,11 @@ class SpooledEvents(PendingEvents):
 
     def _upkeep(self, rows: SpoolRows) -> None:
         due = self._next_deferred_due
-        adopted, readmitted, alive = rows.upkeep(due)
+        # A client shutting down takes nothing over and tries no deferred row again:
+        # both stay on disk for whoever comes next.
+        if self._closing:
+            due = None
+        adopted, readmitted, alive = rows.upkeep(due, take_over=not self._closing)
         self._last_beat = time.monotonic()
         if not alive:
             self._heartbeat_lost()

@@ -262,10 +262,10 @@ class SpoolRows:
         return False
 
     @_gated
-    def upkeep(self, deferred_due: Optional[float]) -> tuple[int, int, bool]:
-        """Failed writes again, heartbeat, rows of dead owners taken over, deferred rows
-        whose time came made ready; then a WAL checkpoint. Returns (adopted,
-        readmitted, alive: whether the heartbeat found this owner still registered)."""
+    def upkeep(self, deferred_due: Optional[float], *, take_over: bool) -> tuple[int, int, bool]:
+        """Failed writes again, heartbeat, rows of dead owners taken over (with
+        ``take_over``), deferred rows whose time came (``deferred_due``) made ready.
+        Returns (adopted, readmitted, alive: whether this owner was still registered)."""
         db = self._conn()
         while self._failed:
             self._run(db, self._failed[0])
@@ -273,7 +273,7 @@ class SpoolRows:
 
         def upkeep(db: sqlite3.Connection) -> tuple[int, int, bool]:
             alive = self.heartbeat()
-            adopted = adopt_orphans(db, self.token)
+            adopted = adopt_orphans(db, self.token) if take_over else 0
             readmitted = 0
             if deferred_due is not None and deferred_due <= time.time():
                 readmitted = db.execute(_READMIT, (self.token, time.time())).rowcount
