@@ -9,7 +9,7 @@ a function, not an expression, because the page's CSP forbids ``eval``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 try:
     from playwright.sync_api import Error as PlaywrightError
@@ -23,11 +23,13 @@ def shown_names(page: Any) -> list[str]:
     return [str(name) for name in page.locator(f"{ROWS} .name").all_text_contents()]
 
 
-def wait_rows(page: Any, count: int) -> None:
+def wait_rows(page: Any, count: int, timeout: Optional[float] = None) -> None:
     """Wait until the list shows ``count`` rows (checked every frame, not every 100+ ms)."""
     try:
         page.wait_for_function(
-            "([rows, count]) => document.querySelectorAll(rows).length === count", arg=[ROWS, count]
+            "([rows, count]) => document.querySelectorAll(rows).length === count",
+            arg=[ROWS, count],
+            timeout=timeout,
         )
     except PlaywrightError:
         shown, status = page.locator(ROWS).count(), page.locator("#status").text_content()
