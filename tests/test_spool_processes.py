@@ -238,3 +238,51 @@ def test_a_damaged_or_unwritable_spool_still_delivers_in_a_fresh_process(
         assert list(tmp_path.glob("spool.db.corrupt-*"))
     else:
         assert "kept in memory only" in errors[0] and stats["spool_fallback"] == 3
+
+
+def test_a_live_process_takes_over_the_events_of_a_sibling_killed_beside_it(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "spool.db")
+    doomed = subprocess.Popen(
+        script(
+            f"""
+            from receiver import refused_url
+            client = cca.Analytics(refused_url(), spool_path={path!r}, batch_size=10,
+                                   max_retries=100, retry_delay_ms=50)
+            print(json.dumps([client.track("orphan", {{"i": i}}) for i in range(30)]), flush=True)
+            time.sleep(60)
+            """
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    assert doomed.stdout is not None
+    orphans = json.loads(doomed.stdout.readline())
+    survivor = subprocess.Popen(
+        script(
+            f"""
+            client = cca.Analytics({receiver.url!r}, spool_path={path!r}, batch_size=10,
+                                   batch_interval_ms=50)
+            print(client.track("survivor"), flush=True)
+            deadline = time.monotonic() + 15
+            while client.stats().delivered < 31 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            {STATS}
+            """
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert survivor.stdout is not None
+    own = survivor.stdout.readline().strip()
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(timeout=10)
+    stdout, stderr = survivor.communicate(timeout=30)
+    assert survivor.returncode == 0, stderr
+    stats = json.loads(stdout.splitlines()[-1])
+    assert (stats["recovered"], stats["delivered"]) == (30, 31), stats
+    assert set(delivered_ids(receiver)) == {own, *orphans}
