@@ -60,6 +60,7 @@ def test_workers_on_a_sqlite_file_serve_and_stop_cleanly(tmp_path: Path) -> None
     ("args", "words"),
     [
         (["--workers", "2", "--db", ":memory:"], "--workers needs a database they share"),
+        (["--workers", "2", "--database", "sqlite://"], "--workers needs a database they share"),
         (["--workers", "0"], "--workers must be from 1 to 256"),
         (["--threads", "0"], "--threads must be from 1 to 256"),
         (["--statement-timeout", "0"], "--statement-timeout must be more than 0"),

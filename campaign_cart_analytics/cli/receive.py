@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     database = args.database or args.db or DEFAULT_DATABASE
     make_app = _app_factory(args, database)
     app = _open(make_app, database)
+    if args.workers and app.store.in_memory:
+        app.store.close()
+        raise CommandError("--workers needs a database they share: a SQLite file or PostgreSQL")
     if not args.workers:
         server = _local_server(app, args.host, args.port)
         _announce(server.url, app, "this process")
@@ -111,8 +114,6 @@ def _check(args: argparse.Namespace) -> None:
             raise CommandError(f"{flag} must be more than 0 and at most 3600 seconds")
     if not 0 <= args.retry_after <= 3600:
         raise CommandError(f"--retry-after must be from 0 to 3600; got {args.retry_after}")
-    if args.workers and (args.db or args.database or "").endswith(":memory:"):
-        raise CommandError("--workers needs a database they share: a SQLite file or PostgreSQL")
 
 
 def _app_factory(args: argparse.Namespace, database: str) -> Callable[[], ReceiverApp]:

@@ -29,7 +29,8 @@ class SQLiteStore(Store):
 
     def __init__(self, path: str = ":memory:", *, busy_timeout: float = 5.0) -> None:
         self.path = path
-        self.description = "SQLite in memory" if path == ":memory:" else f"SQLite file {path}"
+        self.in_memory = path == ":memory:"
+        self.description = "SQLite in memory" if self.in_memory else f"SQLite file {path}"
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             path, timeout=busy_timeout, check_same_thread=False, isolation_level=None

@@ -96,6 +96,8 @@ class Store(abc.ABC):
 
     #: Where the data lives, safe to print: never a password.
     description: str
+    #: True for a database that lives and dies with this process: no other process sees it.
+    in_memory: bool = False
 
     @abc.abstractmethod
     def add_batch(self, batch_id: Optional[str], events: Sequence[dict[str, Any]]) -> int:
