@@ -373,7 +373,7 @@ def test_after_a_failing_or_emptied_receiver_the_page_catches_up(
     wait_rows(page, 201)
     failing.reset()  # restarted on an empty store between two polls: no error to tell
     failing.add(event("fresh_0"), event("fresh_1"))  # its cursors start again from 0
-    wait_rows(page, 203, timeout=15_000)  # seen with the counters, due in 20 times their time
+    wait_rows(page, 203, timeout=15_000)  # seen by the counters, asked every 30 polls at most
     assert shown_names(page)[:3] == ["fresh_1", "fresh_0", "after"]
 
 

@@ -136,12 +136,13 @@
   }
 
   // Counting is a full scan of the receiver's store, so the counters are asked for at most
-  // once in twenty times as long as they last took: a big store spends 5% on this page at most.
+  // once in twenty times as long as they last took (a big store spends 5% on this page), and
+  // at least every 30 polls (30 s at the default), so that they never go stale for long.
   async function statsIfDue() {
     const started = performance.now();
     if (started < statsDue) return null;
     const stats = await getJSON("stats");
-    statsDue = started + 20 * (performance.now() - started);
+    statsDue = started + Math.min(20 * (performance.now() - started), 30 * INTERVAL_MS);
     return stats;
   }
 
