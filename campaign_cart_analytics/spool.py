@@ -216,6 +216,9 @@ class SpooledEvents(PendingEvents):
 
     def _claim(self, rows: SpoolRows) -> Optional[SpoolBatch]:
         batch, following = rows.claim(self._batch_size)
+        if batch is None and following is None:  # the count was off: ask the file
+            self._read_back(rows.own_rows())
+            return None
         self._set_next_ready(following)
         taken = 0 if batch is None else len(batch.row_ids)
         self._ready = 0 if following is None else max(1, self._ready - taken)

@@ -216,14 +216,15 @@ class SpoolRows:
 
         def claim(db: sqlite3.Connection) -> Any:
             rows = db.execute(_CLAIM, (self._cursor, self.token, limit)).fetchall()
+            last = rows[-1][0] if rows else self._cursor
             if rows:
-                db.execute(_MARK_CLAIMED, (self._cursor, rows[-1][0], self.token))
-                self._cursor = rows[-1][0]
-            return rows, db.execute(_NEXT_READY, (self._cursor, self.token)).fetchone()
+                db.execute(_MARK_CLAIMED, (self._cursor, last, self.token))
+            return rows, db.execute(_NEXT_READY, (last, self.token)).fetchone()
 
         rows, following = self._transaction(claim)
         if not rows:
             return None, following
+        self._cursor = rows[-1][0]  # only once committed: a failed claim leaves rows ready
         ids = tuple(row[0] for row in rows)
         texts = [row[1] for row in rows]
         deferrals = max(row[2] for row in rows)
