@@ -332,6 +332,8 @@ def test_the_schema_is_versioned_and_one_newer_than_this_release_is_refused(
     [
         (f"postgresql://shop:{SECRET}@127.0.0.1:port/db", "is not postgresql://USER@HOST:PORT/DB"),
         (f"postgresql://shop:{SECRET}@127.0.0.1:5432", "names no database"),
+        (f"postgresql://shop:%zz{SECRET}@127.0.0.1/db", "libpq cannot read the PostgreSQL URL"),
+        ("postgresql://shop@127.0.0.1/db?bogus=1", 'invalid URI query parameter: "bogus"'),
         (f"mysql://shop:{SECRET}@127.0.0.1/db", "must be sqlite:///PATH or postgresql://"),
         ("sqlite://relative.db", "sqlite:///PATH (three slashes)"),
     ],

@@ -267,6 +267,11 @@ def _check_url(url: str) -> Optional[str]:
         ) from None
     if not parts.path.strip("/"):
         raise ValueError(f"the PostgreSQL URL {redact(url)!r} names no database (…/DB)")
+    try:  # libpq's own parse, here, where its message (which may quote the password) stays
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        detail = "" if parts.password else f": {str(exc).strip()[:100]}"
+        raise ValueError(f"libpq cannot read the PostgreSQL URL {redact(url)!r}{detail}") from None
     return parts.password
 
 
