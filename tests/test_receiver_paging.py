@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from postgres import database_url_fixture, postgres_server_fixture  # noqa: F401
 
-from campaign_cart_analytics.receiver import LocalServer, create_app, serve
+from campaign_cart_analytics.receiver import LocalServer, Position, create_app, serve
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -133,6 +134,8 @@ BAD_QUERIES = [
     ("after=1.2.3", "after must be 0"),
     ("after=01", "after must be 0"),
     ("after=99999999999999999999", "after must be 0"),
+    ("after=9223372036854775808", "after must be 0"),  # past SQLite's integers
+    ("after=1.2147483648", "after must be 0"),
     ("since=yesterday", "since must be an ISO 8601 date-time"),
     ("until=2025-13-01T00:00:00Z", "until must be an ISO 8601 date-time"),
     ("limit=10001&after=0", "limit must be a whole number from 0 to 10000"),
@@ -204,3 +207,47 @@ def test_any_batches_page_back_once_each_in_the_order_first_received(
         first_seen += [i for k, i in enumerate(ids) if i not in first_seen and i not in ids[:k]]
     got, _ = page_all(server, limit=limit, expect=len(first_seen), event=prefix)
     assert got == first_seen
+
+
+@pytest.fixture(scope="module")
+def sqlite_server() -> Iterator[LocalServer]:
+    local = serve(create_app())
+    post(local, event("a"), event("b"))
+    yield local
+    local.stop()
+
+
+query_values = st.one_of(
+    st.text(max_size=30),
+    st.integers(-5, 2**70).map(str),
+    st.builds(lambda a, b: f"{a}.{b}", st.integers(0, 2**64), st.integers(0, 2**40)),
+    st.integers(2**62, 10**19).map(str),  # around the largest cursor a database can take
+    st.datetimes(timezones=st.just(dt.timezone.utc)).map(lambda d: d.isoformat()),
+)
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(
+    parameters=st.dictionaries(
+        st.sampled_from(["after", "limit", "since", "until", "event", "other"]),
+        query_values,
+        max_size=4,
+    )
+)
+def test_any_events_query_is_answered_200_or_a_400_naming_the_parameter(
+    sqlite_server: LocalServer, parameters: dict[str, str]
+) -> None:
+    status, _, answer = call(sqlite_server, "/events?" + urllib.parse.urlencode(parameters))
+    assert status in (200, 400), answer
+    if status == 400:
+        named = answer["error"].split(" ", 1)[0]
+        assert named in parameters and named in ("after", "limit", "since", "until")
+    else:
+        assert isinstance(answer["events"], list) and isinstance(answer["next"], str)
+        assert call(sqlite_server, f"/events?after={answer['next']}&limit=1")[0] == 200
+
+
+@given(major=st.integers(0, 2**63 - 1), minor=st.integers(0, 2**31 - 1))
+def test_a_cursor_reads_back_as_the_position_it_was_made_from(major: int, minor: int) -> None:
+    position = Position(major, minor)
+    assert Position.parse(str(position)) == position

@@ -26,6 +26,8 @@ import attrs
 SQLITE_SCHEMES = ("sqlite",)
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 _CURSOR = re.compile("(0|[1-9][0-9]{0,18})(?:\\.(0|[1-9][0-9]{0,9}))?")
+_MAX_MAJOR = 2**63 - 1  # SQLite's largest row id; PostgreSQL's transaction ids stay far below
+_MAX_MINOR = 2**31 - 1  # a place in a batch (an integer column)
 
 
 class StoreUnavailable(Exception):
@@ -58,7 +60,7 @@ class Position:
     def parse(cls, text: str) -> Position:
         """The position a cursor string names, else ``ValueError``."""
         match = _CURSOR.fullmatch(text)
-        if match is None:
+        if match is None or int(match[1]) > _MAX_MAJOR or int(match[2] or 0) > _MAX_MINOR:
             raise ValueError(f"not a cursor: {text[:40]!r}")
         return cls(int(match[1]), int(match[2] or 0))
 
