@@ -136,6 +136,7 @@ BAD_QUERIES = [
     ("after=99999999999999999999", "after must be 0"),
     ("after=9223372036854775808", "after must be 0"),  # past SQLite's integers
     ("after=1.2147483648", "after must be 0"),
+    ("event=a%00b&after=0", "event must not contain a NUL character"),
     ("since=yesterday", "since must be an ISO 8601 date-time"),
     ("until=2025-13-01T00:00:00Z", "until must be an ISO 8601 date-time"),
     ("limit=10001&after=0", "limit must be a whole number from 0 to 10000"),
@@ -241,7 +242,7 @@ def test_any_events_query_is_answered_200_or_a_400_naming_the_parameter(
     assert status in (200, 400), answer
     if status == 400:
         named = answer["error"].split(" ", 1)[0]
-        assert named in parameters and named in ("after", "limit", "since", "until")
+        assert named in parameters and named in ("after", "limit", "since", "until", "event")
     else:
         assert isinstance(answer["events"], list) and isinstance(answer["next"], str)
         assert call(sqlite_server, f"/events?after={answer['next']}&limit=1")[0] == 200

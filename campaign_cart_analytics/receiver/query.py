@@ -34,10 +34,13 @@ def parse_event_query(query_string: str) -> EventQuery:
     limit = given.get("limit", str(DEFAULT_LIST_LIMIT))
     if not _DIGITS.fullmatch(limit) or int(limit) > MAX_LIST_LIMIT:
         raise QueryError(f"limit must be a whole number from 0 to {MAX_LIST_LIMIT}")
+    event = given.get("event")
+    if event is not None and "\x00" in event:  # no event name holds one, and PostgreSQL refuses it
+        raise QueryError("event must not contain a NUL character (%00)")
     return EventQuery(
         limit=int(limit),
         after=_cursor(given.get("after")),
-        event=given.get("event"),
+        event=event,
         since=_time("since", given.get("since")),
         until=_time("until", given.get("until")),
     )
