@@ -256,6 +256,8 @@ class ReceiverApp:
             status, body, headers = self._route(method, path, environ)
         except StoreUnavailable as exc:
             status, body, headers = self._unavailable(exc)
+        except UnstorableEvent as exc:  # input the database refuses: the client's to fix
+            status, body, headers = _error(400, str(exc))
         if 400 <= status < 500 and path == "/analytics":
             self._count_rejected(status)
         if self._log is not None:
