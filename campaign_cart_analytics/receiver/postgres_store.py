@@ -122,10 +122,11 @@ class PostgresStore(Store):
     def _connection(self, timeout: Optional[float] = None) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection to a migrated database; failures as ``StoreUnavailable``.
 
-        While the database is known to be unreachable, a request waits a quarter
-        of a second for a connection, not ``connect_timeout``: an outage must not
-        hold every worker thread (and the load balancer's health checks) that long.
-        The pool keeps trying to connect meanwhile.
+        After a request found no connection, the next ones wait a quarter of a
+        second for one, not ``connect_timeout``, until one succeeds: an outage
+        must not hold every worker thread (and the load balancer's health checks)
+        that long, and under overload quick 503s tell clients to back off. The
+        pool keeps trying to connect meanwhile.
         """
         if timeout is None:
             timeout = self._connect_timeout if self._reachable else min(0.25, self._connect_timeout)
@@ -144,7 +145,10 @@ class PostgresStore(Store):
             ) from None
         except psycopg_pool.PoolTimeout:
             self._reachable = False
-            raise StoreUnavailable("PostgreSQL is unreachable (no connection)") from None
+            raise StoreUnavailable(
+                f"no PostgreSQL connection within {timeout:g} s: the database is unreachable, "
+                "or every connection of this process is busy"
+            ) from None
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError):  # most likely, the connection broke
                 self._reachable = False
