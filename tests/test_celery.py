@@ -52,4 +52,6 @@ def test_prefork_children_deliver_at_warm_shutdown(receiver: Receiver, tmp_path:
     assert sorted(e["n"] for e in events if e["event"] == "plain_task") == list(range(8))
     assert sorted(e["n"] for e in events if e["event"] == "flushed_task") == list(range(8))
     assert len({e["event_id"] for e in events}) == len(events) == 16
-    assert len({e["pid"] for e in events}) == 2  # both pool children tracked
+    # Pool children tracked, not the main process (under load one child may take every task).
+    pids = {e["pid"] for e in events}
+    assert 1 <= len(pids) <= 2 and worker.pid not in pids
