@@ -24,7 +24,6 @@ from postgres import (  # noqa: F401 - fixtures
     PostgresServer,
     database_url_fixture,
     postgres_server_fixture,
-    start_server,
 )
 
 import campaign_cart_analytics as cca
@@ -216,12 +215,13 @@ def test_a_loader_paging_while_four_workers_write_sees_every_event_exactly_once(
 
 
 def test_the_database_down_at_start_and_stopped_mid_stream_costs_503s_not_events(
-    receivers: Any,
+    receivers: Any, postgres_server: PostgresServer
 ) -> None:
-    database = start_server()
+    """The session's server, stopped and started (and started again in any case)."""
+    database = postgres_server
+    url = database.url(database.create_database(), password=SECRET)
     try:
         database.stop()
-        url = database.url(password=SECRET)
         receiver = receivers(url, "--connect-timeout", "1", "--retry-after", "1")
         status, headers, answer = receiver.call("/healthz")
         assert status == 503 and headers["Retry-After"] == "1"
@@ -244,7 +244,8 @@ def test_the_database_down_at_start_and_stopped_mid_stream_costs_503s_not_events
         assert sorted(page_everything(receiver, expect=200)) == sorted(names)
         printed = receiver.stop()
     finally:
-        database.destroy()
+        if database.pid() is None:
+            database.start()
     assert " 503 " in printed and "Retry-After" not in printed
     assert "Traceback" not in printed and " 500 " not in printed
     assert SECRET not in printed and "postgres:***@127.0.0.1" in printed
