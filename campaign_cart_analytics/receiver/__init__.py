@@ -32,6 +32,7 @@ from .app import (
     parse_body,
     validate_batch,
 )
+from .sqlite_store import SQLiteStore
 from .store import EventQuery, Page, Position, Store, StoreUnavailable, open_store
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "EventQuery",
     "Page",
     "Position",
+    "SQLiteStore",
     "Store",
     "StoreUnavailable",
     "open_store",
