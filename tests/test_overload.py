@@ -173,7 +173,7 @@ def test_an_overload_that_outlasts_the_patience_costs_retries_at_last(
     client.track("e")
     started = time.monotonic()
     assert client.flush() is False  # no timeout, and still it returns
-    assert 0.3 <= time.monotonic() - started < 2.0
+    assert 0.3 <= time.monotonic() - started < 5.0  # paced retries: ~2 s, more under load
     assert client.stats().dropped_delivery == 1 and len(errors.events) == 1
     assert "HTTP 429" in str(errors.calls[0][1])
 
