@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _announce(url: str, app: ReceiverApp, served_by: str) -> None:
     print(f"Listening on {url}", flush=True)
+    print(f"Live view on {url.rsplit('/', 1)[0]}/", flush=True)
     _log(f"Storing in {app.store.description}; serving from {served_by}")
 
 

@@ -260,7 +260,8 @@ class ReceiverApp:
             status, body, headers = _error(400, str(exc))
         if 400 <= status < 500 and path == "/analytics":
             self._count_rejected(status)
-        if self._log is not None:
+        # Successful reads are not logged: an open live view polls twice a second.
+        if self._log is not None and (status >= 400 or method not in ("GET", "HEAD")):
             detail = body.get("error") or (
                 f"{body['events_processed']} events, {body['duplicates']} duplicates"
                 if "events_processed" in body
