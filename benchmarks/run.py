@@ -101,8 +101,11 @@ def rss_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def deliver(sdk_name: str, url: str, events: int, concurrency: int = 0) -> dict[str, Any]:
-    options = {"max_concurrent_requests": concurrency} if concurrency else {}
+def deliver(
+    sdk_name: str, url: str, events: int, concurrency: int = 0, **options: Any
+) -> dict[str, Any]:
+    if concurrency:
+        options["max_concurrent_requests"] = concurrency
     sdk = SDK(sdk_name, url, max_queue_size=max(10_000, events), **options)
     payloads = [add_to_cart(n) for n in range(events)]
     latencies = []

@@ -30,15 +30,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from compare import Sink  # noqa: E402
-from run import SDK, add_to_cart  # noqa: E402
+from compare import Sink, delivery_row  # noqa: E402
+from run import deliver  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "memory": {},
@@ -56,26 +55,7 @@ def one(variant: str, url: str, events: int, folder: str) -> dict[str, float]:
     events = options.pop("events", events)
     if options.pop("spool", False):
         options["spool_path"] = os.path.join(folder, "spool.sqlite3")
-    sdk = SDK(sdk_name, url, max_queue_size=max(10_000, events), **options)
-    payloads = [add_to_cart(n) for n in range(events)]
-    latencies = []
-    clock = time.perf_counter_ns
-    cpu_started, wall_started = time.process_time(), time.perf_counter()
-    for properties in payloads:
-        started = clock()
-        sdk.track(properties)
-        latencies.append(clock() - started)
-    sdk.flush()
-    wall = time.perf_counter() - wall_started
-    cpu = time.process_time() - cpu_started
-    latencies.sort()
-    return {
-        "track_p50_us": latencies[len(latencies) // 2] / 1000,
-        "track_p99_us": latencies[int(len(latencies) * 0.99)] / 1000,
-        "events_per_s": events / wall,
-        "cpu_s": cpu,
-        "events": events,
-    }
+    return {**deliver(sdk_name, url, events, **options), "events": events}
 
 
 def measure(variant: str, events: int) -> dict[str, float]:
@@ -92,10 +72,7 @@ def measure(variant: str, events: int) -> dict[str, float]:
     finally:
         sink.close()
     return {
-        "track() p50 (us)": result["track_p50_us"],
-        "track() p99 (us)": result["track_p99_us"],
-        "delivered events/s": result["events_per_s"],
-        "CPU per delivered event (us)": result["cpu_s"] / max(1, delivered) * 1e6,
+        **delivery_row(result, delivered),
         "delivered": delivered,
         "tracked": result["events"],
     }
