@@ -308,6 +308,41 @@ def test_an_event_jsonb_cannot_hold_is_a_400_and_its_batch_is_not_stored(
         server.stop()
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_an_event_id_or_name_too_long_to_index_is_a_400_naming_it(
+    store: str, database_url: str
+) -> None:
+    server = serve(create_app(database_url if store == "postgresql" else ":memory:"))
+    try:
+        longest = "\U0001d11e" * 512  # 2,048 bytes of UTF-8: PostgreSQL's index takes it
+        for too_long, field in (("i" * 513, "event_id"), ("n" * 3000, "event")):
+            events = [
+                {"event": "ok", "event_id": longest, "event_time": "2025-01-12T10:30:00Z"},
+                {"event": "ok", "event_id": "fine", "event_time": "2025-01-12T10:30:00Z"},
+            ]
+            events[1][field] = too_long
+            body = json.dumps({"events": events, "batch_info": {"size": 2}}).encode()
+            status, _, answer = post_to(server, body)
+            assert (status, answer["error"]) == (
+                400,
+                f"events[1].{field} is {len(too_long)} characters long; at most 512",
+            )
+        body = json.dumps({"events": events[:1], "batch_info": {"size": 1}}).encode()
+        assert post_to(server, body)[0] == 202
+        assert [e["event_id"] for e in server.app.store.events()] == [longest]
+    finally:
+        server.stop()
+
+
+def test_a_password_given_as_a_query_parameter_is_never_printed(database_url: str) -> None:
+    receiver = Receive(f"{database_url}?password={SECRET}")
+    try:
+        assert receiver.call("/healthz")[0] == 200
+    finally:
+        printed = receiver.stop()
+    assert "?password=***" in printed and SECRET not in printed
+
+
 def test_the_schema_is_versioned_and_one_newer_than_this_release_is_refused(
     database_url: str, postgres_server: PostgresServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -332,6 +367,7 @@ def test_the_schema_is_versioned_and_one_newer_than_this_release_is_refused(
     ("url", "words"),
     [
         (f"postgresql://shop:{SECRET}@127.0.0.1:port/db", "is not postgresql://USER@HOST:PORT/DB"),
+        (f"postgres://shop:{SECRET}@[::1/db", "is not postgresql://USER@HOST:PORT/DB"),
         (f"postgresql://shop:{SECRET}@127.0.0.1:5432", "names no database"),
         (f"postgresql://shop:%zz{SECRET}@127.0.0.1/db", "libpq cannot read the PostgreSQL URL"),
         ("postgresql://shop@127.0.0.1/db?bogus=1", 'invalid URI query parameter: "bogus"'),

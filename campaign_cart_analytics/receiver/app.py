@@ -48,6 +48,9 @@ MAX_EVENTS = 100
 DEFAULT_MAX_BODY_BYTES = 5 * 2**20
 DEFAULT_READ_TIMEOUT = 10.0
 MAX_DEPTH = 100  # nested arrays and objects, counted from the body's top level
+#: Longest ``event`` and ``event_id``: both are indexed, and PostgreSQL's index entries
+#: hold at most 2,704 bytes (512 characters of up to 4 bytes each fit, with room to spare).
+MAX_KEY_CHARS = 512
 MAX_INT_DIGITS = 1000  # longer integers take quadratic time to convert, and no event needs them
 DEFAULT_RETRY_AFTER = 1  # seconds a client waits after a 503 (the SDK caps it at 60)
 READ_TIMEOUT_KEY = "campaign_cart_analytics.read_timeout"  # set by the local server's handler
@@ -161,6 +164,12 @@ def _check_event(index: int, event: Any) -> None:
     for field in ("event", "event_id", "event_time"):
         if not isinstance(event.get(field), str) or not event[field]:
             raise BatchError(f"events[{index}].{field} is missing or not a non-empty string")
+    for field in ("event", "event_id"):
+        if len(event[field]) > MAX_KEY_CHARS:
+            raise BatchError(
+                f"events[{index}].{field} is {len(event[field])} characters long; "
+                f"at most {MAX_KEY_CHARS}"
+            )
     try:
         parse_iso8601(event["event_time"])
     except ValueError:

@@ -38,7 +38,17 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from . import migrations
-from .store import EventQuery, Page, Position, Store, StoreUnavailable, UnstorableEvent, redact
+from .store import (
+    EventQuery,
+    Page,
+    Position,
+    Store,
+    StoreUnavailable,
+    UnstorableEvent,
+    passwords_in,
+    redact,
+    redact_loosely,
+)
 
 try:
     import psycopg
@@ -89,7 +99,7 @@ class PostgresStore(Store):
                 "PostgreSQL needs the postgres extra: "
                 "pip install 'campaign-cart-analytics[postgres]'"
             )
-        self._password = _check_url(url)
+        self._secrets = _check_url(url)
         self.description = f"PostgreSQL at {redact(url)}"
         self._statement_timeout = statement_timeout
         self._connect_timeout = connect_timeout
@@ -136,7 +146,7 @@ class PostgresStore(Store):
                     self._migrate(conn)
                 yield conn
             self._reachable = True
-        except psycopg.errors.DataError as exc:
+        except (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
             raise UnstorableEvent(f"PostgreSQL cannot store an event: {self._scrub(exc)}") from None
         except psycopg.errors.QueryCanceled:
             raise StoreUnavailable(
@@ -178,8 +188,8 @@ class PostgresStore(Store):
     def _scrub(self, error: BaseException) -> str:
         """An error's first line, without the password (libpq may quote the conninfo)."""
         text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        if self._password:
-            text = text.replace(self._password, "***")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         return text[:300]
 
     # ------------------------------------------------------------ the interface
@@ -260,8 +270,8 @@ class PostgresStore(Store):
         self._pool.close(timeout=1.0)
 
 
-def _check_url(url: str) -> Optional[str]:
-    """The URL's password (to scrub from errors), or ``ValueError`` naming what is wrong."""
+def _check_url(url: str) -> tuple[str, ...]:
+    """The URL's passwords (to scrub from errors), or ``ValueError`` naming what is wrong."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises for a port that is not a number
@@ -274,12 +284,6 @@ def _check_url(url: str) -> Optional[str]:
     try:  # libpq's own parse, here, where its message (which may quote the password) stays
         psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
-        detail = "" if parts.password else f": {str(exc).strip()[:100]}"
+        detail = "" if passwords_in(url) else f": {str(exc).strip()[:100]}"
         raise ValueError(f"libpq cannot read the PostgreSQL URL {redact(url)!r}{detail}") from None
-    return parts.password
-
-
-def redact_loosely(url: str) -> str:
-    """For a URL too broken to parse: everything before the last ``@`` is hidden."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}" if "@" in rest else url
+    return passwords_in(url)

@@ -19,7 +19,7 @@ import abc
 import re
 from collections.abc import Sequence
 from typing import Any, Optional
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
 
@@ -134,14 +134,38 @@ class Store(abc.ABC):
         return self.page(EventQuery(limit=limit, event=event)).events
 
 
+def passwords_in(url: str) -> tuple[str, ...]:
+    """The passwords a database URL carries: in its user info, or as ``?password=``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ()
+    found = [parts.password or ""]
+    found += [value for key, value in parse_qsl(parts.query) if key.lower() == "password"]
+    return tuple(secret for secret in found if secret)
+
+
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for banners, logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    """``url`` with any password (user info or ``?password=``) replaced by ``***``, for
+    banners, logs and errors; a URL too broken to parse is hidden before its last ``@``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_loosely(url)
+    if not passwords_in(url):
+        return url  # as given: geturl() would rewrite sqlite:///PATH as sqlite:/PATH
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    hidden = [(key, "***" if key.lower() == "password" else value) for key, value in query]
+    return parts._replace(query=urlencode(hidden, safe="*")).geturl()
+
+
+def redact_loosely(url: str) -> str:
+    """For a URL too broken to parse: everything before the last ``@`` is hidden."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}" if "@" in rest else url
 
 
 def open_store(
