@@ -138,7 +138,8 @@ def test_a_request_that_tracks_nothing_reads_nothing_and_sends_the_apps_own_mess
         await send({"type": "http.response.body", "body": b"ok"})
 
     sent = asyncio.run(request(AnalyticsMiddleware(app, analytics=client), scope))
-    assert scope.read == ["type"]  # no cookie, session, user or query string looked at
+    # No cookie, session, user or query string looked at (only the middleware's own mark).
+    assert scope.read == ["type", "campaign_cart_analytics.visit"]
     assert sent[0] is start and start["headers"] == []
     assert not scope["session"].accessed and not scope["session"].modified
 
@@ -419,3 +420,46 @@ def test_the_lifespan_helpers_shut_the_client_down(
         "own client",
         "module-level client",
     ]
+
+
+def test_on_an_app_and_a_sub_app_mounted_in_it_a_new_visitor_gets_one_session(
+    kept: tuple[cca.Analytics, list[dict[str, Any]]],
+) -> None:
+    client, events = kept
+    inner = AnalyticsMiddleware(responding(lambda: client.track("e")), analytics=client)
+    outer = AnalyticsMiddleware(inner, analytics=client)
+    sent = asyncio.run(request(outer, http_scope()))
+    (event,) = events
+    session_id = event["user_properties"]["session_id"]
+    assert set_cookie_headers(sent) == [
+        f"cca_session_id={session_id}; Path=/; Max-Age=1209600; HttpOnly; SameSite=Lax"
+    ]
+
+
+@pytest.mark.parametrize(
+    "cookies",
+    ["cca_session_id=junk; cca_session_id={id}", 'cca_session_id="{id}"'],
+    ids=["another-domains-cookie-first", "quoted"],
+)
+def test_the_visitors_id_is_found_among_cookies_of_the_same_name_or_quoted(
+    kept: tuple[cca.Analytics, list[dict[str, Any]]], cookies: str
+) -> None:
+    client, events = kept
+    known = uuid.uuid4().hex
+    header = (b"cookie", cookies.format(id=known).encode())
+    middleware = AnalyticsMiddleware(responding(lambda: client.track("e")), analytics=client)
+    sent = asyncio.run(request(middleware, http_scope(headers=(header,))))
+    assert events[0]["user_properties"]["session_id"] == known
+    assert set_cookie_headers(sent) == []
+
+
+def test_a_middleware_that_sees_no_lifespan_says_nothing_will_flush_at_shutdown(
+    kept: tuple[cca.Analytics, list[dict[str, Any]]], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _ = kept
+    middleware = AnalyticsMiddleware(responding(lambda: client.track("e")), analytics=client)
+    with caplog.at_level(logging.WARNING, logger="campaign_cart_analytics"):
+        for _ in range(3):
+            asyncio.run(request(middleware, http_scope()))
+    warnings = [r.getMessage() for r in caplog.records if "has seen no lifespan" in r.getMessage()]
+    assert len(warnings) == 1 and "add the middleware to the root app" in warnings[0]

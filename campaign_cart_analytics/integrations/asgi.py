@@ -69,6 +69,8 @@ COOKIE_NAME = "cca_session_id"
 COOKIE_MAX_AGE = 14 * 24 * 60 * 60
 #: The only session ids a cookie is trusted for: the ones this middleware makes.
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
+#: Where a request's visit is kept in its scope, for a middleware on a mounted sub-app.
+_VISIT_KEY = "campaign_cart_analytics.visit"
 #: RFC 6265 cookie-name characters (an HTTP token).
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -113,12 +115,15 @@ class AnalyticsMiddleware:
         self._analytics = analytics
         self._cookie = _CookieRules(cookie_name, cookie_max_age)
         self._unconfigured_log = RateLimitedLog(UNCONFIGURED_WARNING_INTERVAL)
+        self._saw_lifespan = False
+        self._warned_no_lifespan = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
+            self._saw_lifespan = True
             await self.app(scope, receive, self._flushing_at_shutdown(send))
         else:  # websocket, and whatever later ASGI versions add
             await self.app(scope, receive, send)
@@ -142,7 +147,13 @@ class AnalyticsMiddleware:
         if client is None:
             await self.app(scope, receive, send)
             return
-        visit = _Visit(scope, self._cookie)
+        outer = scope.get(_VISIT_KEY)
+        if isinstance(outer, _Visit):  # on an app and on a sub-app mounted in it: one visit,
+            with client.context(outer.properties):  # one session id, one cookie (the outer's)
+                await self.app(scope, receive, send)
+            return
+        self._warn_if_no_lifespan()
+        scope[_VISIT_KEY] = visit = _Visit(scope, self._cookie)
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -151,6 +162,18 @@ class AnalyticsMiddleware:
 
         with client.context(visit.properties):
             await self.app(scope, receive, send_with_cookie)
+
+    def _warn_if_no_lifespan(self) -> None:
+        """Once: without the lifespan, nothing here flushes the client at shutdown."""
+        if self._saw_lifespan or self._warned_no_lifespan:
+            return
+        self._warned_no_lifespan = True
+        logger.warning(
+            "AnalyticsMiddleware has seen no lifespan: it is on a mounted sub-app (Starlette "
+            "sends the lifespan to the root app only) or the server runs without one "
+            "(uvicorn --lifespan off). Nothing flushes analytics at shutdown, and uvicorn skips "
+            "atexit: add the middleware to the root app, or shut the client down in a lifespan"
+        )
 
     def _flushing_at_shutdown(self, send: Send) -> Send:
         """``send`` that flushes the client before the app reports its shutdown done."""
@@ -175,11 +198,15 @@ class AnalyticsMiddleware:
             logger.exception("Flushing analytics at application shutdown failed")
             return
         if not delivered:
-            logger.warning(
-                "Application shutdown: not every analytics event was delivered within "
-                "shutdown_timeout_ms (%d ms): %s",
+            stats = client.stats()
+            logger.error(
+                "Application shutdown: %d analytics events were not delivered within "
+                "shutdown_timeout_ms (%d ms); should the server end the process now (uvicorn "
+                "re-raises SIGTERM, skipping atexit), they are lost without reaching on_error. "
+                "lifespan() or shutting_down() shut the client down and report them. %s",
+                stats.queued,
                 client.config.shutdown_timeout_ms,
-                client.stats(),
+                stats,
             )
 
 
@@ -195,12 +222,15 @@ class _CookieRules:
         for name, value in scope.get("headers", ()):
             if name.lower() != b"cookie":
                 continue
-            for pair in value.decode("latin-1").split(";"):
+            text: str = value.decode("latin-1")
+            for pair in text.split(";"):
                 key, _, candidate = pair.strip(" \t").partition("=")
-                if key == self.name:
-                    # A value we did not make (too long, control characters, a
-                    # guess) is not trusted: the visitor gets a new id instead.
-                    return candidate if _SESSION_ID.fullmatch(candidate) else None
+                candidate = candidate.strip('"')  # RFC 6265 allows a quoted value
+                # Not of our making (too long, control characters): skipped, and without
+                # another the visitor gets a new id. A cookie of the same name set for a
+                # parent domain or another path may come first: keep looking.
+                if key == self.name and _SESSION_ID.fullmatch(candidate):
+                    return candidate
         return None
 
     def header(self, session_id: str, scope: Scope) -> tuple[bytes, bytes]:
@@ -220,12 +250,16 @@ class _Visit:
         self._scope = scope
         self._cookie = cookie
         self._new_cookie: Optional[tuple[bytes, bytes]] = None
+        self._properties: Optional[dict[str, Any]] = None
 
     def properties(self) -> dict[str, Any]:
-        """The context provider: called at most once per request, by its first ``track()``."""
-        return request_properties(
-            session_id=self._session_id(), user_id=self._user_id(), query=self._query()
-        )
+        """The context provider, worked out at the request's first ``track()`` (once, also
+        where two clients or two middleware layers ask)."""
+        if self._properties is None:
+            self._properties = request_properties(
+                session_id=self._session_id(), user_id=self._user_id(), query=self._query()
+            )
+        return self._properties
 
     def with_cookie(self, start: Message) -> Message:
         """The response's start message, with this visit's new cookie when it made one.
