@@ -77,6 +77,7 @@ class _ProcessState:
         self.transport = Transport(config, self.clock)
         self.worker = Worker(config, self.pending, self.transport, self.clock)
         self.thread: Optional[threading.Thread] = None
+        self.thread_running = threading.Event()  # cheaper for track() than thread.is_alive()
         self.start_lock = threading.Lock()
         self.queue_full_log = RateLimitedLog(WARNING_INTERVAL)
         self.transform_log = RateLimitedLog(WARNING_INTERVAL)
@@ -330,20 +331,21 @@ class Analytics:
         report_error(self.config, [event], error)
 
     def _ensure_worker(self, state: _ProcessState) -> None:
-        thread = state.thread
-        if thread is not None and thread.is_alive():
+        if state.thread_running.is_set():
             return
         with state.start_lock:
-            if state.thread is not None and state.thread.is_alive():
+            if state.thread_running.is_set():
                 return
             if state.thread is not None:
                 logger.warning("The delivery thread had stopped; starting a new one")
             thread = threading.Thread(
-                target=state.worker.run, name="campaign-cart-analytics", daemon=True
+                target=_deliver, args=(state,), name="campaign-cart-analytics", daemon=True
             )
+            state.thread_running.set()
             try:
                 thread.start()
             except RuntimeError:  # no threads at interpreter shutdown, or none left
+                state.thread_running.clear()
                 logger.exception("Cannot start the delivery thread; events stay queued")
                 return
             state.thread = thread
@@ -490,6 +492,14 @@ class Analytics:
         self._warned_closed = False
         if self._shut_down:
             self._state.pending.close()
+
+
+def _deliver(state: _ProcessState) -> None:
+    """The delivery thread's body: the worker's loop, and a mark when it ends, however."""
+    try:
+        state.worker.run()
+    finally:
+        state.thread_running.clear()
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:
