@@ -65,6 +65,7 @@ class TakenBatch:
 class _FlushWaiter:
     target_seq: int
     done: bool = False
+    rows_through: int = 0  # the spool's: rows its events were moved to meanwhile
 
 
 class PendingEvents:
@@ -107,25 +108,30 @@ class PendingEvents:
     def put(self, text: bytes) -> Optional[str]:
         """Queue one encoded event; None when queued, else the counter it was dropped under."""
         with self._lock:  # the bare lock: cheaper to enter than its Condition, same lock
-            self._counts["tracked"] += 1
-            if self._closing:
-                self._counts["dropped_shutdown"] += 1
-                self._losses += 1
-                return "dropped_shutdown"
-            # The bound covers all that is pending: queued, in flight, or parked for a retry.
-            if self._counts["queued"] >= self._max_size:
-                self._counts["dropped_queue_full"] += 1
-                self._losses += 1
-                return "dropped_queue_full"
-            size = len(self._items)
-            self._items.append((text, time.monotonic()))
-            self._last_seq += 1
-            self._counts["queued"] += 1
-            # Wake the worker only when its plan changes (a batch's first event starts
-            # the interval, a full batch is due now), and only if it has a slot to send it.
-            if self._worker_wants_batch and (size == 0 or size + 1 == self._batch_size):
-                self._work_ready.notify()
-            return None
+            return self._enqueue(text, self._counts["queued"])
+
+    def _enqueue(self, text: bytes, held: int) -> Optional[str]:
+        """``put`` with the lock held; ``held``: the events that count against ``max_size``
+        (memory: all queued; the spool: those in memory)."""
+        self._counts["tracked"] += 1
+        if self._closing:
+            self._counts["dropped_shutdown"] += 1
+            self._losses += 1
+            return "dropped_shutdown"
+        # The bound covers all that is pending: queued, in flight, or parked for a retry.
+        if held >= self._max_size:
+            self._counts["dropped_queue_full"] += 1
+            self._losses += 1
+            return "dropped_queue_full"
+        size = len(self._items)
+        self._items.append((text, time.monotonic()))
+        self._last_seq += 1
+        self._counts["queued"] += 1
+        # Wake the worker only when its plan changes (a batch's first event starts
+        # the interval, a full batch is due now), and only if it has a slot to send it.
+        if self._worker_wants_batch and (size == 0 or size + 1 == self._batch_size):
+            self._work_ready.notify()
+        return None
 
     def refuse(self, counter: str) -> None:
         """Count a tracked event that never reached the queue (filtered, transform error)."""
@@ -230,12 +236,15 @@ class PendingEvents:
             if reported:
                 self._reporting -= 1
                 self._settled.notify_all()
-            if batch.last_seq <= self._settled_through:
-                return  # a shutdown wrote everything off meanwhile
-            self._settled_above[batch.first_seq] = batch.last_seq
-            while self._settled_through + 1 in self._settled_above:
-                self._settled_through = self._settled_above.pop(self._settled_through + 1)
-            self._update_waiters()
+            self._mark_settled(batch.first_seq, batch.last_seq)
+
+    def _mark_settled(self, first: int, last: int) -> None:
+        if last <= self._settled_through:
+            return  # a shutdown wrote everything off meanwhile
+        self._settled_above[first] = last
+        while self._settled_through + 1 in self._settled_above:
+            self._settled_through = self._settled_above.pop(self._settled_through + 1)
+        self._update_waiters()
 
     def wait_for_reports(self, timeout: float) -> None:
         """Wait (at most ``timeout``) for ``on_error`` calls the worker is making: at exit,

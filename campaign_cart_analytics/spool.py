@@ -18,7 +18,8 @@ store it drains; the few fates that differ are decided here:
   ``spooled_at_exit`` (not ``dropped_shutdown``), and is handed to whichever
   client opens the file next (``detach``);
 - ``flush()`` waits for what is ready or in flight, not for events kept on
-  disk until later, and returns False once after some were kept;
+  disk until later, and returns False while any event tracked before it is
+  still undelivered (``shutdown()`` too, when it leaves events on disk);
 - beyond ``spool_max_bytes`` (the file's pages in use, measured each second,
   plus this process's inserts since) the newest events are refused and
   counted as ``dropped_spool_full``: what was accepted is never given up.
@@ -30,10 +31,13 @@ delete; the receiver drops it by ``event_id`` or ``Idempotency-Key``.
 
 ``track()`` never raises because of the spool and never waits long: an
 insert that cannot get the file's write lock within ``PUT_WAIT``, or fails
-(full or read-only disk), keeps that event in memory instead (the base
-class's queue, bounded by ``max_queue_size``), counted as ``spool_fallback``.
-A file that is not a database is moved aside with an ERROR and a fresh one
-started; one that cannot be opened at all leaves the client in memory.
+(full or read-only disk), keeps that event in memory instead, counted as
+``spool_fallback``, until the delivery thread moves it into the file
+(module ``spool_fallback``). Opening waits up to ``OPEN_WAIT`` for the write lock;
+a file that is locked, on a full disk or failing is opened again in the
+background (``spool_upkeep``). A file that is not a database is moved aside
+with an ERROR and a fresh one started; a path that cannot be used at all (a
+read-only folder) leaves the client in memory for good.
 
 The connection is used under the same lock as the counters, so a row's
 state and its count in ``stats()`` change together.
@@ -41,119 +45,41 @@ state and its count in ``stats()`` change together.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import time
 from typing import Callable, Optional
 
-import attrs
-
-from ._logging import RateLimitedLog, logger
+from ._logging import logger
 from .config import Config
-from .pending import PendingEvents, TakenBatch
-from .spool_file import OWNER_TTL, SpoolUnusable, is_corrupt
-from .spool_rows import OwnRows, SpoolBatch, SpoolRows
-from .stats import Stats
+from .pending import TakenBatch
+from .spool_file import OWNER_TTL
+from .spool_rows import SpoolBatch, SpoolRows
+from .spool_upkeep import PUT_WAIT, SpoolUpkeep
 
-#: Seconds an insert in ``track()`` waits for another process's write lock before the
-#: event is kept in memory instead.
-PUT_WAIT = 0.1
+__all__ = ["PUT_WAIT", "SpooledEvents"]
 
-#: Seconds between the delivery thread's rounds of upkeep: heartbeat, taking over rows
-#: of dead processes, deferred rows coming due, WAL checkpoint, size.
-UPKEEP_INTERVAL = 1.0
+#: Seconds the delivery thread waits after a failed claim: the first pause, doubled
+#: after each failure up to the last (a full disk fails at once: no busy loop).
+CLAIM_PAUSE_MIN, CLAIM_PAUSE_MAX = 0.05, 1.0
 
 #: Bytes a row costs beyond its body, for the size estimate between two measurements.
 ROW_OVERHEAD = 48
 
 
-class SpooledEvents(PendingEvents):
+class SpooledEvents(SpoolUpkeep):
     """``PendingEvents`` whose events live in the spool file at ``config.spool_path``.
 
-    The base class's memory queue still serves the events the file could not
-    take (``spool_fallback``); the rows on disk are this class's.
+    The memory queue (``MemoryFallback``) holds the events the file could not
+    take yet (``spool_fallback``); the rows on disk are this class's.
     """
 
     def __init__(self, config: Config) -> None:
-        super().__init__(
-            batch_size=config.batch_size,
-            max_size=config.max_queue_size,
-            interval=config.batch_interval_ms / 1000,
-        )
-        assert config.spool_path is not None
-        self._path = config.spool_path
-        self._sync = config.spool_sync
-        self._max_bytes = config.spool_max_bytes
-        self._max_pause = config.spool_max_pause_ms / 1000
-        # The seed's schedule goes on where max_retries stopped: d * 2**max_retries, then
-        # doubling with each deferral, up to spool_max_pause_ms. (Exponents are capped
-        # only so that the numbers stay floats.)
-        self._first_pause = min(
-            self._max_pause, config.retry_delay_ms / 1000 * 2 ** min(config.max_retries, 64)
-        )
-        self._rows: Optional[SpoolRows] = None
-        self._opened = False  # tried to open (once per process)
-        self._ready = 0  # own rows ready to go
-        self._next_ready_id: Optional[int] = None  # the lowest of them
-        self._next_ready_at = 0.0  # monotonic time its batch interval ends
-        self._own_pending = 0  # own rows not yet counted delivered, dropped or left on disk
-        self._last_row = 0  # highest row id this process answers for
+        super().__init__(config)
+        self._claims_wait_until = 0.0  # monotonic; after a failed claim
+        self._claim_pause = CLAIM_PAUSE_MIN
         self._flush_rows = 0  # rows up to here are to be sent now
         self._outstanding: dict[int, SpoolBatch] = {}  # claimed, not settled; by first row id
         self._dead_reasons: dict[int, tuple[str, Optional[int], str]] = {}
-        self._next_deferred_due: Optional[float] = None  # epoch seconds
-        self._approx_bytes = 0
-        self._last_beat = 0.0  # monotonic time of the last heartbeat
-        self._next_upkeep = 0.0
-        self._kept_unreported = False  # events kept on disk since the last completed flush
-        self._trouble_log = RateLimitedLog(10.0)
-        self._gauges: tuple[Optional[int], Optional[int]] = (None, None)
-
-    # ------------------------------------------------------------ opening
-
-    def open(self) -> int:
-        """Open the file now (else at the first ``put``); how many events were taken over."""
-        with self._lock:
-            if not self._opened:
-                self._open_locked()
-            return self._counts["recovered"]
-
-    def _open_locked(self) -> None:
-        self._opened = True
-        try:
-            rows = SpoolRows(self._path, sync=self._sync, put_wait=PUT_WAIT)
-            self._read_back(rows.own_rows())
-            self._approx_bytes = rows.used_bytes()
-        except (sqlite3.Error, SpoolUnusable, OSError) as exc:
-            logger.error(
-                "Spool %s cannot be used (%s); events are kept in memory only, as without "
-                "spool_path (stats: spool_fallback)",
-                self._path, exc,
-            )  # fmt: skip
-            return
-        self._rows = rows
-        self._last_beat = time.monotonic()
-        self._took_over(rows.adopted)
-
-    def _read_back(self, own: OwnRows) -> None:
-        """What this process answers for, as the file says (after rows changed hands)."""
-        self._ready = own.ready
-        self._last_row = max(self._last_row, own.highest)
-        self._set_next_ready(own.next_ready)
-        self._next_deferred_due = own.next_deferred_due
-
-    def _took_over(self, adopted: int) -> None:
-        if not adopted:
-            return
-        self._counts["recovered"] += adopted
-        self._counts["queued"] += adopted
-        self._own_pending += adopted
-        logger.info(
-            "Spool %s: took over %d events left by an earlier run or a process that ended; "
-            "they go out first",
-            self._path, adopted,
-        )  # fmt: skip
-        self._work_ready.notify()
 
     # ------------------------------------------------------------ track() side
 
@@ -163,8 +89,7 @@ class SpooledEvents(PendingEvents):
                 refused = self._put_on_disk(text)
                 if refused != "fallback":
                     return refused
-                self._counts["spool_fallback"] += 1
-        return super().put(text)  # kept in memory: bounded and counted there
+            return self._put_in_memory(text)  # bounded and counted there
 
     def _put_on_disk(self, text: bytes) -> Optional[str]:
         """None once the event is committed; else ``dropped_spool_full`` or ``fallback``."""
@@ -201,6 +126,10 @@ class SpooledEvents(PendingEvents):
     # ------------------------------------------------------------ worker side
 
     def take_ready(self) -> Optional[TakenBatch]:
+        with self._settled:
+            held = self._take_held()
+            if held is not None:
+                return held
         in_memory = super().take_ready()
         if in_memory is not None:
             return in_memory
@@ -209,10 +138,15 @@ class SpooledEvents(PendingEvents):
             if due is None or due > time.monotonic() or self._rows is None:
                 return None
             try:
-                return self._claim(self._rows)
+                batch = self._claim(self._rows)
             except sqlite3.Error as exc:
                 self._trouble(exc, "batches wait until it can be read")
+                # A full disk fails at once: pause before the next claim, longer each time.
+                self._claims_wait_until = time.monotonic() + self._claim_pause
+                self._claim_pause = min(CLAIM_PAUSE_MAX, self._claim_pause * 2)
                 return None
+            self._claim_pause = CLAIM_PAUSE_MIN
+            return batch
 
     def _claim(self, rows: SpoolRows) -> Optional[SpoolBatch]:
         batch, following = rows.claim(self._batch_size)
@@ -228,9 +162,15 @@ class SpooledEvents(PendingEvents):
         return batch
 
     def wait(self, until: Optional[float], *, for_batch: bool, since: int) -> None:
+        self._reopen_if_due()
         self._upkeep_if_due()
-        wake = self._next_upkeep if until is None else min(until, self._next_upkeep)
-        super().wait(wake, for_batch=for_batch, since=since)
+        self._move_to_disk_if_due()
+        wakes = [self._next_upkeep] + ([] if until is None else [until])
+        if self._reopen_at is not None:
+            wakes.append(self._reopen_at)
+        if self._items or self._held:
+            wakes.append(self._next_move)
+        super().wait(min(wakes), for_batch=for_batch, since=since)
 
     def split(self, batch: TakenBatch) -> tuple[TakenBatch, TakenBatch]:
         if not isinstance(batch, SpoolBatch):
@@ -248,15 +188,18 @@ class SpooledEvents(PendingEvents):
         """Asked before a batch is dropped. Rejected for good: its events go to the dead
         letters (False: the worker drops and reports them as without a spool). Anything
         else (retries exhausted, a shutdown's deadline): they stay on disk (True)."""
-        if not isinstance(batch, SpoolBatch):
-            return False
         with self._settled:
+            if kind in ("rejected", "too_large") and not isinstance(batch, SpoolBatch):
+                return False
+            if not isinstance(batch, SpoolBatch):  # not on disk yet: held in memory
+                return self._hold(batch, batch_id, problem)
             if batch.first_seq not in self._outstanding:
                 return False  # a shutdown has counted it already
             if kind in ("rejected", "too_large"):
                 self._dead_reasons[batch.first_seq] = (batch_id, status, problem)
                 return False
             del self._outstanding[batch.first_seq]
+            self._last_error = problem  # why the events are still undelivered
             if self._closing:
                 self._write(lambda rows: rows.defer(batch.row_ids, 0.0, count=False))
                 self._leave_on_disk(len(batch.row_ids))
@@ -266,7 +209,7 @@ class SpooledEvents(PendingEvents):
             return True
 
     def _defer(self, batch: SpoolBatch, batch_id: str, problem: str) -> None:
-        pause = min(self._max_pause, self._first_pause * 2 ** min(batch.deferrals, 64))
+        pause = self._pause_after(batch.deferrals)
         due = time.time() + pause
         self._write(lambda rows: rows.defer(batch.row_ids, due))
         if self._next_deferred_due is None or due < self._next_deferred_due:
@@ -279,6 +222,8 @@ class SpooledEvents(PendingEvents):
 
     def count(self, batch: TakenBatch, counter: str, problem: Optional[str] = None) -> bool:
         if not isinstance(batch, SpoolBatch):
+            with self._lock:
+                self._times_held.pop(batch.first_seq, None)
             return super().count(batch, counter, problem)
         with self._settled:
             if self._outstanding.pop(batch.first_seq, None) is None:
@@ -313,35 +258,59 @@ class SpooledEvents(PendingEvents):
     # ------------------------------------------------------------ flush and shutdown
 
     def flush(self, timeout: Optional[float]) -> tuple[bool, bool]:
-        """As in memory, for both stores; events kept on disk for a later try settle the
-        flush (it does not wait out an outage) but make it return False, once."""
+        """As in memory, for both stores; events kept for a later try (on disk or held in
+        memory) settle the flush (it does not wait out an outage) but make it return
+        False, as long as any event tracked before it is kept."""
         with self._settled:
             waiter = self._request_flush()
+            seq_target = self._last_seq
             target = self._last_row
             if self._flush_rows < target:
                 self._flush_rows = target
                 self._work_ready.notify()
+
+            def rows_target() -> int:  # events moved from memory meanwhile: their rows too
+                return target if waiter is None else max(target, waiter.rows_through)
+
+            def settled() -> bool:
+                memory = waiter is None or waiter.done or self._memory_settled(seq_target)
+                return memory and self._rows_settled(rows_target())
+
             try:
-                done = self._settled.wait_for(
-                    lambda: (waiter is None or waiter.done) and self._rows_settled(target),
-                    timeout,
-                )
+                done = self._settled.wait_for(settled, timeout)
             finally:
                 if waiter is not None:
                     self._waiters.remove(waiter)
             if not done:
                 return False, False
-            kept, self._kept_unreported = self._kept_unreported, False
+            self._kept_unreported = False
+            kept = self._memory_kept(seq_target) or self._kept_on_disk(rows_target())
             return True, self._report_losses() and not kept
+
+    def _kept_on_disk(self, target: int) -> bool:
+        """Some row up to ``target`` this process answers for is still on disk (deferred,
+        or not deleted yet); True too when the file cannot say."""
+        if self._rows is None:
+            return False
+        try:
+            return self._rows.holds_own_through(target)
+        except sqlite3.Error:
+            return True
 
     def drained(self) -> bool:
         with self._lock:
-            return self._closing and not self._items and self._ready == 0
+            return self._closing and not self._items and not self._held and self._ready == 0
 
     def write_off(self, problem: str) -> list[bytes]:
-        """Memory events are dropped as without a spool; spooled ones stay on disk."""
+        """Everything stays on disk for the next run: memory events are moved into the
+        file first; those it does not take are dropped as without a spool."""
+        with self._settled:
+            if not self._memory_only:
+                self._move_all_to_disk()
         texts = super().write_off(problem)
         with self._settled:
+            if self._own_pending > 0:
+                self._last_error = problem
             self._leave_on_disk(self._own_pending)
             self._outstanding.clear()
             self._ready = 0
@@ -381,23 +350,10 @@ class SpooledEvents(PendingEvents):
         self._own_pending -= count
         self._kept_unreported = True
 
-    # ------------------------------------------------------------ reading
-
-    def stats(self) -> Stats:
-        base = super().stats()
-        with self._lock:
-            if self._rows is not None:  # else the last seen (after shutdown), or None
-                try:
-                    self._gauges = self._rows.gauges()
-                except sqlite3.Error as exc:
-                    self._trouble(exc, "stats() shows its last known depth")
-            depth, dead = self._gauges
-        return attrs.evolve(base, spool_depth=depth, spool_dead_letters=dead)
-
     # ------------------------------------------------------------ internals (lock held)
 
     def _batch_due_at(self) -> Optional[float]:
-        due = [at for at in (self._queue_due_at(), self._rows_due_at()) if at is not None]
+        due = [at for at in (self._memory_due_at(), self._rows_due_at()) if at is not None]
         return min(due, default=None)
 
     def _rows_due_at(self) -> Optional[float]:
@@ -412,8 +368,8 @@ class SpooledEvents(PendingEvents):
             or self._ready >= self._batch_size
             or self._next_ready_id <= self._flush_rows
         ):
-            return 0.0
-        return self._next_ready_at
+            return self._claims_wait_until
+        return max(self._next_ready_at, self._claims_wait_until)
 
     def _rows_settled(self, target: int) -> bool:
         """Every row up to ``target`` this process answers for is delivered, dropped or
@@ -422,13 +378,23 @@ class SpooledEvents(PendingEvents):
             return False
         return all(batch.first_seq > target for batch in self._outstanding.values())
 
-    def _set_next_ready(self, row: Optional[tuple[int, float]]) -> None:
-        if row is None:
-            self._next_ready_id = None
-            return
-        self._next_ready_id = row[0]
-        waited = max(0.0, time.time() - row[1])
-        self._next_ready_at = time.monotonic() - waited + self._interval
+    def _append_rows(
+        self, texts: list[bytes], *, deferred_until: Optional[float], flushed: bool
+    ) -> int:
+        if self._rows is None:
+            raise sqlite3.OperationalError("the spool file is not open")
+        last = self._rows.insert_many(texts, deferred_until)
+        self._own_pending += len(texts)
+        self._last_row = max(self._last_row, last)
+        self._approx_bytes += sum(len(text) + ROW_OVERHEAD for text in texts)
+        if flushed:
+            self._flush_rows = max(self._flush_rows, last)
+        if deferred_until is None:
+            self._read_back(self._rows.own_rows())
+            self._work_ready.notify()
+        elif self._next_deferred_due is None or deferred_until < self._next_deferred_due:
+            self._next_deferred_due = deferred_until
+        return last
 
     def _write(self, change: Callable[[SpoolRows], None]) -> None:
         """Change rows now; if the file is busy or failing, the change is kept and made
@@ -439,66 +405,3 @@ class SpooledEvents(PendingEvents):
             change(self._rows)
         except sqlite3.Error as exc:
             self._trouble(exc, "the change is made again in a second")
-
-    def _trouble(self, error: sqlite3.Error, consequence: str) -> None:
-        # Another process holding the write lock for long is a passing state; a full or
-        # read-only disk, or a damaged file, needs someone to act.
-        busy = "locked" in str(error) or "busy" in str(error)
-        level = logging.WARNING if busy else logging.ERROR
-        self._trouble_log.log(level, "Spool %s: %s; %s", self._path, error, consequence)
-        if is_corrupt(error) and self._rows is not None:
-            logger.error("Spool %s is damaged; this client keeps events in memory", self._path)
-            self._rows.retire()  # other processes may still be using it: no close here
-            self._rows = None
-            self._ready = 0
-
-    def _heartbeat(self, rows: SpoolRows) -> None:
-        self._last_beat = time.monotonic()
-        if not rows.heartbeat():
-            self._heartbeat_lost()
-
-    # ------------------------------------------------------------ upkeep (delivery thread)
-
-    def _upkeep_if_due(self) -> None:
-        now = time.monotonic()
-        if now < self._next_upkeep:
-            return
-        self._next_upkeep = now + UPKEEP_INTERVAL
-        with self._settled:
-            rows = self._rows
-            if rows is None:
-                return
-            try:
-                self._upkeep(rows)
-            except sqlite3.Error as exc:
-                self._trouble(exc, "upkeep is tried again in a second")
-        try:  # outside the lock: track() goes on meanwhile
-            rows.checkpoint()
-        except sqlite3.Error as exc:
-            logger.debug("Spool %s: checkpoint failed (%s); tried again later", self._path, exc)
-
-    def _upkeep(self, rows: SpoolRows) -> None:
-        due = self._next_deferred_due
-        # A client shutting down takes nothing over and tries no deferred row again:
-        # both stay on disk for whoever comes next.
-        if self._closing:
-            due = None
-        adopted, readmitted, alive = rows.upkeep(due, take_over=not self._closing)
-        self._last_beat = time.monotonic()
-        if not alive:
-            self._heartbeat_lost()
-        if adopted or readmitted or (due is not None and due <= time.time()):
-            self._read_back(rows.own_rows())
-        self._took_over(adopted)
-        if readmitted:
-            self._work_ready.notify()
-        self._approx_bytes = rows.used_bytes()
-
-    def _heartbeat_lost(self) -> None:
-        if not self._own_pending:
-            return  # it had nothing another process could have taken over
-        logger.warning(
-            "Spool %s: this process had been taken for dead (no heartbeat for %g s); "
-            "some of its events may be sent twice",
-            self._path, OWNER_TTL,
-        )  # fmt: skip

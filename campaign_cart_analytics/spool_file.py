@@ -90,6 +90,15 @@ def is_corrupt(error: BaseException) -> bool:
     )
 
 
+def is_transient(error: BaseException) -> bool:
+    """True for trouble that may pass (the file locked or busy, a full disk, an I/O
+    error), as opposed to a path that cannot be used (read-only, not creatable)."""
+    text = str(error).lower()
+    return isinstance(error, sqlite3.OperationalError) and any(
+        word in text for word in ("locked", "busy", "full", "disk i/o")
+    )
+
+
 def connect(path: str, *, sync: str = "normal", timeout: float = 5.0) -> sqlite3.Connection:
     """An autocommit connection in WAL mode with the schema in place.
 

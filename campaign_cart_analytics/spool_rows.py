@@ -30,6 +30,7 @@ import attrs
 from ._logging import logger
 from .pending import TakenBatch
 from .spool_file import (
+    DEFERRED,
     adopt_orphans,
     connect,
     is_corrupt,
@@ -42,6 +43,10 @@ from .spool_file import (
 Statement = tuple[str, tuple[Any, ...]]
 
 _INSERT = "INSERT INTO events (body, owner, queued_at) VALUES (?, ?, ?)"
+_INSERT_MANY = (
+    "INSERT INTO events (body, owner, queued_at, state, not_before) VALUES (?, ?, ?, ?, ?)"
+)
+_OWN_THROUGH = "SELECT 1 FROM events WHERE owner = ? AND id <= ? LIMIT 1"
 _CLAIM = (
     "SELECT id, body, deferrals FROM events WHERE id > ? AND owner = ? AND state = 0 "
     "ORDER BY id LIMIT ?"
@@ -140,10 +145,11 @@ class SpoolRows:
     """One process's connection to a spool file, registered there as an owner."""
 
     @_gated
-    def __init__(self, path: str, *, sync: str, put_wait: float) -> None:
+    def __init__(self, path: str, *, sync: str, put_wait: float, open_wait: float) -> None:
         """Open (or create) the file and take over what no live process answers for.
 
         A file that is not a database is moved aside (ERROR log) and a fresh one made.
+        Waits up to ``open_wait`` for another process's write lock, ``put_wait`` later.
         Raises ``sqlite3.Error``, ``SpoolUnusable`` or ``OSError`` when it cannot be used.
         """
         self.path = path
@@ -154,20 +160,20 @@ class SpoolRows:
         # back when rows below it become ready again (taken over, deferral over).
         self._cursor = 0
         self._checkpointer: Optional[sqlite3.Connection] = None
-        db = self._connect(sync)
+        db = self._connect(sync, open_wait)
         try:
             db.execute("PRAGMA wal_autocheckpoint=0")  # upkeep checkpoints, not track()
-            db.execute(f"PRAGMA busy_timeout={int(put_wait * 1000)}")
             self._db: Optional[sqlite3.Connection] = db
             self._transaction(self._register_and_adopt)
+            db.execute(f"PRAGMA busy_timeout={int(put_wait * 1000)}")
         except BaseException:
             db.close()
             raise
         _live.add(self)
 
-    def _connect(self, sync: str) -> sqlite3.Connection:
+    def _connect(self, sync: str, wait: float) -> sqlite3.Connection:
         try:
-            return connect(self.path, sync=sync)
+            return connect(self.path, sync=sync, timeout=wait)
         except sqlite3.DatabaseError as exc:
             if not is_corrupt(exc):
                 raise
@@ -177,7 +183,7 @@ class SpoolRows:
                 "one started: the events in it were not sent",
                 self.path, exc, aside,
             )  # fmt: skip
-            return connect(self.path, sync=sync)
+            return connect(self.path, sync=sync, timeout=wait)
 
     def _register_and_adopt(self, db: sqlite3.Connection) -> None:
         register_owner(db, self.token)
@@ -208,6 +214,33 @@ class SpoolRows:
         if row <= self._cursor:  # ids start again at 1 once the table is empty
             self._cursor = row - 1
         return row
+
+    @_gated
+    def insert_many(self, texts: list[bytes], deferred_until: Optional[float]) -> int:
+        """Commit events in one transaction, ready or deferred until ``deferred_until``
+        (epoch seconds); the last row id. Raises ``sqlite3.Error``."""
+
+        def insert(db: sqlite3.Connection) -> int:
+            now, state = time.time(), 0 if deferred_until is None else DEFERRED
+            row: Optional[int] = 0
+            for text in texts:
+                row = db.execute(
+                    _INSERT_MANY, (text, self.token, now, state, deferred_until or 0)
+                ).lastrowid
+            assert row is not None
+            return row
+
+        last: int = self._transaction(insert)
+        first = last - len(texts) + 1
+        if first <= self._cursor:
+            self._cursor = first - 1
+        return last
+
+    @_gated
+    def holds_own_through(self, last: int) -> bool:
+        """Whether any row up to id ``last`` is still this process's."""
+        found = self._conn().execute(_OWN_THROUGH, (self.token, last)).fetchone()
+        return found is not None
 
     @_gated
     def claim(self, limit: int) -> tuple[Optional[SpoolBatch], Optional[tuple[int, float]]]:
