@@ -20,9 +20,11 @@ store it drains; the few fates that differ are decided here:
 - ``flush()`` waits for what is ready or in flight, not for events kept on
   disk until later, and returns False while any event tracked before it is
   still undelivered (``shutdown()`` too, when it leaves events on disk);
-- beyond ``spool_max_bytes`` (the file's pages in use, measured each second,
-  plus this process's inserts since) the newest events are refused and
+- beyond ``spool_max_bytes`` (the file's pages in use with its WAL and
+  shared memory, measured each second, plus this process's inserts since,
+  each a WAL page until a checkpoint) the newest events are refused and
   counted as ``dropped_spool_full``: what was accepted is never given up.
+  A WAL grown past its limit is emptied by the delivery thread at once.
 
 Several processes may share one file; each sends only the rows it owns
 (``spool_file`` says how a dead owner's rows are taken over). A duplicate
@@ -61,9 +63,6 @@ __all__ = ["PUT_WAIT", "SpooledEvents"]
 #: Seconds the delivery thread waits after a failed claim: the first pause, doubled
 #: after each failure up to the last (a full disk fails at once: no busy loop).
 CLAIM_PAUSE_MIN, CLAIM_PAUSE_MAX = 0.05, 1.0
-
-#: Bytes a row costs beyond its body, for the size estimate between two measurements.
-ROW_OVERHEAD = 48
 
 
 class SpooledEvents(SpoolUpkeep):
@@ -110,7 +109,7 @@ class SpooledEvents(SpoolUpkeep):
         except sqlite3.Error as exc:
             self._trouble(exc, "events are kept in memory only while it lasts")
             return "fallback"
-        self._approx_bytes += len(text) + ROW_OVERHEAD
+        self._count_insert(len(text))
         self._counts["tracked"] += 1
         self._counts["queued"] += 1
         self._own_pending += 1
@@ -386,7 +385,8 @@ class SpooledEvents(SpoolUpkeep):
         last = self._rows.insert_many(texts, deferred_until)
         self._own_pending += len(texts)
         self._last_row = max(self._last_row, last)
-        self._approx_bytes += sum(len(text) + ROW_OVERHEAD for text in texts)
+        for text in texts:
+            self._count_insert(len(text))
         if flushed:
             self._flush_rows = max(self._flush_rows, last)
         if deferred_until is None:

@@ -72,6 +72,13 @@ _DEAD_LETTER = (
 )
 
 
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
 def _in(template: str, ids: tuple[int, ...]) -> str:
     return template.format(",".join("?" * len(ids)))
 
@@ -160,6 +167,7 @@ class SpoolRows:
         # back when rows below it become ready again (taken over, deferral over).
         self._cursor = 0
         self._checkpointer: Optional[sqlite3.Connection] = None
+        self._wal_limit = 4 * 2**20
         db = self._connect(sync, open_wait)
         try:
             db.execute("PRAGMA wal_autocheckpoint=0")  # upkeep checkpoints, not track()
@@ -317,17 +325,26 @@ class SpoolRows:
         return result
 
     @_gated
+    def limit_wal(self, limit: int) -> None:
+        """Have a checkpoint that resets the WAL cut the file down to ``limit`` bytes."""
+        self._wal_limit = limit
+        self._conn().execute(f"PRAGMA journal_size_limit={int(limit)}").fetchone()
+
+    @_gated
     def checkpoint(self) -> None:
         """Copy the WAL into the database file, on a connection of its own, so that the
-        caller need not hold the lock ``track()`` takes: a checkpoint may wait for a disk
-        flush, and never holds up writers."""
+        caller need not hold the lock ``track()`` takes. Passive (it never holds up
+        writers) while the WAL is small; past the size limit, a TRUNCATE checkpoint
+        waits briefly for writers and empties the file."""
         if self._db is None:
             return  # handed over or retired: no new connection now
         if self._checkpointer is None:
             self._checkpointer = sqlite3.connect(
                 self.path, timeout=0.1, isolation_level=None, check_same_thread=False
             )
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self._checkpointer.execute(f"PRAGMA journal_size_limit={self._wal_limit}").fetchone()
+        mode = "TRUNCATE" if _size(self.path + "-wal") > self._wal_limit else "PASSIVE"
+        self._checkpointer.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
 
     @_gated
     def own_rows(self) -> OwnRows:
@@ -347,13 +364,20 @@ class SpoolRows:
 
     @_gated
     def used_bytes(self) -> int:
-        """Bytes of the file in use (free pages left by deleted rows excluded)."""
+        """Bytes of the file in use (free pages left by deleted rows excluded), with its
+        WAL and shared-memory files."""
         db = self._conn()
         page_size, pages, free = (
             db.execute(f"PRAGMA {name}").fetchone()[0]
             for name in ("page_size", "page_count", "freelist_count")
         )
-        return int((pages - free) * page_size)
+        companions = _size(self.path + "-wal") + _size(self.path + "-shm")
+        return int((pages - free) * page_size) + companions
+
+    @_gated
+    def frame_bytes(self) -> int:
+        """Bytes one commit adds to the WAL at least: a page and its frame header."""
+        return int(self._conn().execute("PRAGMA page_size").fetchone()[0]) + 24
 
     @_gated
     def gauges(self) -> tuple[int, int]:

@@ -43,9 +43,16 @@ OPEN_WAIT = 3.0
 #: doubled after each failure up to the last.
 REOPEN_PAUSE_MIN, REOPEN_PAUSE_MAX = 0.1, 5.0
 
+#: The most bytes the WAL may grow to before the delivery thread is asked for a
+#: checkpoint that empties it; a quarter of ``spool_max_bytes`` when that is smaller.
+WAL_LIMIT = 16 * 2**20
+
 #: Seconds between the delivery thread's rounds of upkeep: heartbeat, taking over rows
 #: of dead processes, deferred rows coming due, WAL checkpoint, size.
 UPKEEP_INTERVAL = 1.0
+
+#: Bytes a row costs beyond its body, for the size estimate between two measurements.
+ROW_OVERHEAD = 48
 
 
 class SpoolUpkeep(MemoryFallback):
@@ -68,7 +75,10 @@ class SpoolUpkeep(MemoryFallback):
         self._own_pending = 0  # own rows not yet counted delivered, dropped or left on disk
         self._last_row = 0  # highest row id this process answers for
         self._next_deferred_due: Optional[float] = None  # epoch seconds
-        self._approx_bytes = 0
+        self._approx_bytes = 0  # the file, its WAL and its shared memory, estimated
+        self._wal_limit = min(WAL_LIMIT, config.spool_max_bytes // 4)
+        self._wal_growth = 0  # bytes inserts added to the WAL since the last checkpoint
+        self._frame = 4096 + 24  # bytes one insert adds to the WAL (a page, its header)
         self._last_beat = 0.0  # monotonic time of the last heartbeat
         self._next_upkeep = 0.0
         self._trouble_log = RateLimitedLog(10.0)
@@ -88,8 +98,10 @@ class SpoolUpkeep(MemoryFallback):
         self._reopen_at = None
         try:
             rows = SpoolRows(self._path, sync=self._sync, put_wait=PUT_WAIT, open_wait=OPEN_WAIT)
+            rows.limit_wal(self._wal_limit)
             self._read_back(rows.own_rows())
             self._approx_bytes = rows.used_bytes()
+            self._frame = rows.frame_bytes()
         except (sqlite3.Error, SpoolUnusable, OSError) as exc:
             self._open_failed(exc)
             return
@@ -201,6 +213,27 @@ class SpoolUpkeep(MemoryFallback):
             rows.checkpoint()
         except sqlite3.Error as exc:
             logger.debug("Spool %s: checkpoint failed (%s); tried again later", self._path, exc)
+            return
+        with self._settled:  # the WAL may be empty now: measure again
+            self._wal_growth = 0
+            if self._rows is rows:
+                try:
+                    self._approx_bytes = rows.used_bytes()
+                except sqlite3.Error as exc:
+                    self._trouble(exc, "its size is measured again in a second")
+
+    def _count_insert(self, size: int) -> None:
+        """Add an insert to the size estimate (lock held); a WAL grown past its limit asks
+        the delivery thread for a checkpoint now, not at its next upkeep."""
+        # The row lands in a page of the file and its commit appends that page to the WAL;
+        # about every page/row inserts, a page splits and the commit appends two more.
+        row = size + ROW_OVERHEAD
+        self._approx_bytes += row + self._frame + 2 * row
+        self._wal_growth += self._frame + 2 * row
+        if self._wal_growth > self._wal_limit and self._next_upkeep > 0:
+            self._next_upkeep = 0.0
+            self._interrupts += 1  # the worker plans again, and upkeep is due
+            self._work_ready.notify()
 
     def _upkeep(self, rows: SpoolRows) -> None:
         due = self._next_deferred_due

@@ -158,5 +158,39 @@ def test_a_file_that_refuses_writes_costs_no_busy_loop_and_nothing_is_lost(
     assert_balanced(client.stats())
 
 
+# ---------------------------------------------------------------- 3: the WAL counts
+
+
+def spool_bytes(path: Path) -> int:
+    files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+    return sum(file.stat().st_size for file in files if file.exists())
+
+
+def test_spool_max_bytes_counts_the_wal_and_checkpoints_keep_it_small(
+    make_client: Any, receiver: Receiver, tmp_path: Path
+) -> None:
+    path = tmp_path / "spool.db"
+    receiver.respond = lambda request: Reply(500)
+    cap = 2**20
+    client = make_client(
+        spool_path=str(path), spool_max_bytes=cap, max_retries=0, retry_delay_ms=60_000,
+        batch_size=100,
+    )  # fmt: skip
+    largest = 0
+    accepted = 0
+    for i in range(8000):
+        accepted += client.track("e", {"i": i}) is not None
+        if i % 50 == 0:  # a busy web app, not one loop: the delivery thread gets a turn
+            largest = max(largest, spool_bytes(path))
+            time.sleep(0.001)
+    largest = max(largest, spool_bytes(path))
+    assert largest <= cap * 1.1, (largest, accepted)
+    assert accepted >= 2000, accepted  # the cap is the file's, not a guess far below it
+    time.sleep(1.2)  # an upkeep: a checkpoint empties the WAL
+    assert spool_bytes(path) <= cap * 1.1
+    assert client.stats().spool_depth == accepted
+    assert_balanced(client.stats())
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
