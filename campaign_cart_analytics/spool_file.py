@@ -132,6 +132,22 @@ def connect(path: str, *, sync: str = "normal", timeout: float = 5.0) -> sqlite3
     return conn
 
 
+def file_identity(path: str) -> Optional[tuple[int, int]]:
+    """Which file is at ``path`` now (device, inode); None if none is."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
 def move_aside(path: str) -> str:
     """Rename a corrupt spool (and its WAL and shared-memory files) out of the way."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -213,6 +229,35 @@ def adopt_orphans(conn: sqlite3.Connection, token: str) -> int:
         ).rowcount
         conn.execute("DELETE FROM meta WHERE key = 'unowned'")
     return adopted
+
+
+def copy_own_rows(source: sqlite3.Connection, target: sqlite3.Connection, token: str) -> int:
+    """Copy ``token``'s rows from one spool into another (inside a write transaction on
+    ``target``), in chunks; how many. Each keeps its id, so that batches in flight still
+    name it, unless the id is taken there: then it gets a new one and is ready again."""
+    copied, last = 0, 0
+    while True:
+        chunk = source.execute(
+            "SELECT id, body, state, not_before, deferrals, queued_at FROM events "
+            "WHERE owner = ? AND id > ? ORDER BY id LIMIT 500",
+            (token, last),
+        ).fetchall()
+        if not chunk:
+            return copied
+        for row_id, body, state, not_before, deferrals, queued_at in chunk:
+            try:
+                target.execute(
+                    "INSERT INTO events (id, body, owner, state, not_before, deferrals, "
+                    "queued_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (row_id, body, token, state, not_before, deferrals, queued_at),
+                )
+            except sqlite3.IntegrityError:
+                target.execute(
+                    "INSERT INTO events (body, owner, queued_at) VALUES (?, ?, ?)",
+                    (body, token, queued_at),
+                )
+        copied += len(chunk)
+        last = chunk[-1][0]
 
 
 def mark_unowned(conn: sqlite3.Connection) -> None:

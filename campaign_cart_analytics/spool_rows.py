@@ -6,9 +6,8 @@ process (a forked child opens its own; the copy it inherited is kept alive
 and never used, since closing it could disturb the parent's locks).
 
 Callers hold ``SpooledEvents``' lock: one thread at a time uses the
-connection. Every call into SQLite also holds this module's ``_gate``, which
-a fork waits for: SQLite's own global mutexes must not be held by another
-thread at the moment of ``fork()``, or the child's first connection hangs.
+connection. Every call into SQLite also holds ``spool_gate``'s gate, which a
+fork waits for (see there).
 
 A write that fails (the file busy for longer than the busy timeout, a full
 disk) is kept and tried again at the next ``upkeep``; the rows stay claimed
@@ -17,13 +16,9 @@ by this process meanwhile, so nobody else sends them.
 
 from __future__ import annotations
 
-import functools
-import os
 import sqlite3
-import threading
 import time
-import weakref
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional
 
 import attrs
 
@@ -33,12 +28,18 @@ from .spool_file import (
     DEFERRED,
     adopt_orphans,
     connect,
+    copy_own_rows,
+    file_identity,
+    file_size,
     is_corrupt,
     mark_unowned,
     move_aside,
     new_owner_token,
     register_owner,
 )
+from .spool_gate import gated as _gated
+from .spool_gate import inherited as _inherited
+from .spool_gate import live as _live
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -64,19 +65,17 @@ _UNKNOWN_OWNERS = (
     "WHERE owner NOT IN (SELECT token FROM owners)"
 )
 _HAND_OVER = "UPDATE events SET owner = NULL, state = 0, not_before = 0 WHERE owner = ?"
-_DELETE = "DELETE FROM events WHERE id IN ({})"
-_DEFER = "UPDATE events SET state = 2, not_before = ?, deferrals = deferrals + ? WHERE id IN ({})"
+# Changes to claimed rows name their owner too: after the file was made again (rows
+# copied under new ids) or rows were taken over, an id may be another process's row.
+_DELETE = "DELETE FROM events WHERE owner = ? AND id IN ({})"
+_DEFER = (
+    "UPDATE events SET state = 2, not_before = ?, deferrals = deferrals + ? "
+    "WHERE owner = ? AND id IN ({})"
+)
 _DEAD_LETTER = (
     "INSERT INTO dead_letters (body, batch_id, status, problem, failed_at) "
-    "SELECT body, ?, ?, ?, ? FROM events WHERE id IN ({}) ORDER BY id"
+    "SELECT body, ?, ?, ?, ? FROM events WHERE owner = ? AND id IN ({}) ORDER BY id"
 )
-
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
 
 
 def _in(template: str, ids: tuple[int, ...]) -> str:
@@ -109,45 +108,6 @@ class OwnRows:
     next_deferred_due: Optional[float]  # epoch seconds
 
 
-_live: weakref.WeakSet[SpoolRows] = weakref.WeakSet()
-_inherited: list[sqlite3.Connection] = []  # connections no code path uses any more
-_gate = threading.RLock()  # held around every call into SQLite; a fork waits for it
-
-_Method = TypeVar("_Method", bound=Callable[..., Any])
-
-
-def _gated(method: _Method) -> _Method:
-    @functools.wraps(method)
-    def gated(*args: Any, **kwargs: Any) -> Any:
-        with _gate:
-            return method(*args, **kwargs)
-
-    return gated  # type: ignore[return-value]
-
-
-def _before_fork() -> None:
-    _gate.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _gate.release()
-
-
-def _after_fork_in_child() -> None:
-    global _gate
-    _gate = threading.RLock()
-    for rows in list(_live):
-        rows.retire()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
-
-
 class SpoolRows:
     """One process's connection to a spool file, registered there as an owner."""
 
@@ -168,7 +128,9 @@ class SpoolRows:
         self._cursor = 0
         self._checkpointer: Optional[sqlite3.Connection] = None
         self._wal_limit = 4 * 2**20
+        self._sync, self._put_wait = sync, put_wait
         db = self._connect(sync, open_wait)
+        self._identity = file_identity(path)
         try:
             db.execute("PRAGMA wal_autocheckpoint=0")  # upkeep checkpoints, not track()
             self._db: Optional[sqlite3.Connection] = db
@@ -273,12 +235,12 @@ class SpoolRows:
 
     @_gated
     def delete(self, ids: tuple[int, ...]) -> None:
-        self._write([(_in(_DELETE, ids), ids)])
+        self._write([(_in(_DELETE, ids), (self.token, *ids))])
 
     @_gated
     def defer(self, ids: tuple[int, ...], not_before: float, *, count: bool = True) -> None:
         """Set rows aside until ``not_before`` (epoch seconds); ``count``: one more deferral."""
-        self._write([(_in(_DEFER, ids), (not_before, int(count), *ids))])
+        self._write([(_in(_DEFER, ids), (not_before, int(count), self.token, *ids))])
 
     @_gated
     def dead_letter(
@@ -286,8 +248,11 @@ class SpoolRows:
     ) -> None:
         self._write(
             [
-                (_in(_DEAD_LETTER, ids), (batch_id, status, problem[:1000], time.time(), *ids)),
-                (_in(_DELETE, ids), ids),
+                (
+                    _in(_DEAD_LETTER, ids),
+                    (batch_id, status, problem[:1000], time.time(), self.token, *ids),
+                ),
+                (_in(_DELETE, ids), (self.token, *ids)),
             ]
         )
 
@@ -343,8 +308,39 @@ class SpoolRows:
                 self.path, timeout=0.1, isolation_level=None, check_same_thread=False
             )
             self._checkpointer.execute(f"PRAGMA journal_size_limit={self._wal_limit}").fetchone()
-        mode = "TRUNCATE" if _size(self.path + "-wal") > self._wal_limit else "PASSIVE"
+        mode = "TRUNCATE" if file_size(self.path + "-wal") > self._wal_limit else "PASSIVE"
         self._checkpointer.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+
+    def replaced(self) -> bool:
+        """Whether the file at the path is no longer the one open here (deleted, or
+        another put in its place)."""
+        return file_identity(self.path) != self._identity
+
+    @_gated
+    def recreate(self) -> tuple[int, int]:
+        """Make the spool again at the path (or open the one now there), carry over this
+        process's rows from the file still open here, and use the new one from now on.
+        Returns (rows carried over, rows of dead owners taken over in the new file)."""
+        old = self._conn()
+        new = connect(self.path, sync=self._sync, timeout=self._put_wait)
+        try:
+            new.execute("PRAGMA wal_autocheckpoint=0")
+            new.execute(f"PRAGMA journal_size_limit={int(self._wal_limit)}").fetchone()
+            new.execute("BEGIN IMMEDIATE")
+            register_owner(new, self.token)
+            carried = copy_own_rows(old, new, self.token)
+            adopted = adopt_orphans(new, self.token)
+            new.execute("COMMIT")
+        except BaseException:
+            new.close()
+            raise
+        self._identity = file_identity(self.path)
+        self._db = new
+        for connection in (old, self._checkpointer):
+            if connection is not None:
+                connection.close()
+        self._checkpointer = None
+        return carried, adopted
 
     @_gated
     def own_rows(self) -> OwnRows:
@@ -371,7 +367,7 @@ class SpoolRows:
             db.execute(f"PRAGMA {name}").fetchone()[0]
             for name in ("page_size", "page_count", "freelist_count")
         )
-        companions = _size(self.path + "-wal") + _size(self.path + "-shm")
+        companions = file_size(self.path + "-wal") + file_size(self.path + "-shm")
         return int((pages - free) * page_size) + companions
 
     @_gated

@@ -205,6 +205,8 @@ class SpoolUpkeep(MemoryFallback):
             rows = self._rows
             if rows is None:
                 return
+            if rows.replaced():
+                self._recreate(rows)
             try:
                 self._upkeep(rows)
             except sqlite3.Error as exc:
@@ -234,6 +236,29 @@ class SpoolUpkeep(MemoryFallback):
             self._next_upkeep = 0.0
             self._interrupts += 1  # the worker plans again, and upkeep is due
             self._work_ready.notify()
+
+    def _recreate(self, rows: SpoolRows) -> None:
+        """The file was deleted or replaced under this client: make it again at the path,
+        with every row this process holds, so that a kill from here on loses nothing."""
+        try:
+            carried, adopted = rows.recreate()
+        except (sqlite3.Error, SpoolUnusable, OSError) as exc:
+            self._trouble_log.log(
+                logging.ERROR,
+                "Spool %s was deleted or replaced while in use, and cannot be made again "
+                "(%s); its events are kept in the old file until it can",
+                self._path, exc,
+            )  # fmt: skip
+            return
+        logger.error(
+            "Spool %s was deleted or replaced while in use; made again at that path with "
+            "this process's %d events (other processes' events in the old file are theirs "
+            "to carry over; its dead letters are not)",
+            self._path, carried,
+        )  # fmt: skip
+        self._read_back(rows.own_rows())
+        self._took_over(adopted)
+        self._work_ready.notify()
 
     def _upkeep(self, rows: SpoolRows) -> None:
         due = self._next_deferred_due

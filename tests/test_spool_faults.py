@@ -44,6 +44,14 @@ def make_spool(path: Path) -> None:
     cca.Analytics("http://127.0.0.1:9/a", spool_path=str(path)).shutdown(timeout=1)
 
 
+def count_rows(path: Path) -> int:
+    """The spool's events, or -1 while there is no spool at the path (yet)."""
+    try:
+        return len(rows(path)) if path.exists() else -1
+    except sqlite3.OperationalError:  # being made right now: no table yet
+        return -1
+
+
 def errors_logged(sdk_logs: Any) -> list[str]:
     return [r.getMessage() for r in sdk_logs.records if r.levelno >= logging.ERROR]
 
@@ -190,6 +198,40 @@ def test_spool_max_bytes_counts_the_wal_and_checkpoints_keep_it_small(
     assert spool_bytes(path) <= cap * 1.1
     assert client.stats().spool_depth == accepted
     assert_balanced(client.stats())
+
+
+# ---------------------------------------------------------------- 4: the file deleted
+
+
+@pytest.mark.parametrize("fault", ["deleted", "replaced"])
+def test_a_spool_deleted_or_replaced_under_a_running_client_is_made_again_with_its_events(
+    make_client: Any, receiver: Receiver, tmp_path: Path, sdk_logs: Any, fault: str
+) -> None:
+    path = tmp_path / "spool.db"
+    receiver.respond = lambda request: Reply(500)
+    client = make_client(
+        spool_path=str(path), max_retries=0, retry_delay_ms=60_000, batch_interval_ms=10
+    )
+    tracked = [client.track("before", {"i": i}) for i in range(20)]
+    assert wait_until(lambda: len(rows(path, "state = 2")) == 20)  # kept: deferred
+    for suffix in ("", "-wal", "-shm"):
+        os.remove(f"{path}{suffix}")
+    if fault == "replaced":
+        make_spool(tmp_path / "other.db")
+        os.replace(tmp_path / "other.db", path)
+    assert wait_until(lambda: count_rows(path) == 20, timeout=4)
+    tracked += [client.track("after", {"i": i}) for i in range(20)]
+    assert len(rows(path)) == 40 and client.stats().spool_depth == 40
+    assert any("deleted or replaced" in message for message in errors_logged(sdk_logs))
+    receiver.respond = lambda request: Reply(202)
+    other = cca.Analytics(receiver.url, spool_path=str(path))  # as after a kill: the file
+    assert other.flush(timeout=5) is True  # holds them, owned by a live process
+    other.shutdown(timeout=1)
+    client.shutdown(timeout=0.5)  # leaves them for the next client
+    last = cca.Analytics(receiver.url, spool_path=str(path))
+    assert last.flush(timeout=5) is True
+    last.shutdown(timeout=1)
+    assert sorted(ids_of(receiver.delivered_events())) == sorted(tracked)
 
 
 if __name__ == "__main__":  # pragma: no cover
