@@ -234,5 +234,45 @@ def test_a_spool_deleted_or_replaced_under_a_running_client_is_made_again_with_i
     assert sorted(ids_of(receiver.delivered_events())) == sorted(tracked)
 
 
+# ---------------------------------------------------------------- 5: honest answers
+
+
+@pytest.mark.parametrize("flush_first", [True, False])
+def test_flush_and_shutdown_answer_false_while_events_stay_undelivered(
+    make_client: Any, receiver: Receiver, tmp_path: Path, flush_first: bool
+) -> None:
+    receiver.respond = lambda request: Reply(500)
+    client = make_client(
+        spool_path=str(tmp_path / "spool.db"), max_retries=0, retry_delay_ms=5_000,
+        batch_size=10,
+    )  # fmt: skip
+    for i in range(5):
+        client.track("e", {"i": i})
+    if flush_first:
+        assert client.flush(timeout=3) is False
+        assert client.flush(timeout=3) is False  # every time, not once
+        assert client.stats().queued == 5 and client.stats().delivered == 0
+    assert client.shutdown(timeout=1) is False
+    stats = client.stats()
+    assert stats.spooled_at_exit == 5
+    assert stats.last_error is not None and "HTTP 500" in stats.last_error
+    assert_balanced(stats)
+
+
+def test_flush_answers_true_again_once_the_kept_events_are_delivered(
+    make_client: Any, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.respond = lambda request: Reply(500)
+    client = make_client(
+        spool_path=str(tmp_path / "spool.db"), max_retries=0, retry_delay_ms=50,
+        spool_max_pause_ms=100,
+    )  # fmt: skip
+    client.track("e")
+    assert client.flush(timeout=3) is False
+    receiver.respond = lambda request: Reply(202)
+    assert wait_until(lambda: client.stats().delivered == 1, timeout=5)
+    assert client.flush(timeout=3) is True
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
