@@ -274,5 +274,41 @@ def test_flush_answers_true_again_once_the_kept_events_are_delivered(
     assert client.flush(timeout=3) is True
 
 
+# ---------------------------------------------------------------- 6: the command line
+
+
+def test_dead_letters_output_refuses_the_spool_itself_and_folders(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    make_spool(path)
+    with sqlite3.connect(path) as conn:  # a dead letter, and a WAL and shared memory
+        conn.execute(
+            "INSERT INTO dead_letters (body, batch_id, status, problem, failed_at) "
+            "VALUES ('{}', 'b', 400, 'bad', 0)"
+        )
+        holder = sqlite3.connect(path)
+        holder.execute("SELECT count(*) FROM events").fetchone()
+    (tmp_path / "link.db").symlink_to(path)
+    before = {name: Path(f"{path}{name}").read_bytes() for name in ("", "-wal", "-shm")}
+    command = [sys.executable, "-m", "campaign_cart_analytics", "spool", "dead-letters"]
+    outputs = [path, f"{path}-wal", f"{path}-shm", tmp_path / "link.db", tmp_path]
+    for output in outputs:
+        result = subprocess.run(
+            [*command, str(path), "--output", str(output)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 2, (output, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "--output" in result.stderr
+        assert "Traceback" not in result.stderr
+    holder.close()
+    for name, content in before.items():
+        if name != "-shm":  # the last reader going may rewrite it
+            assert Path(f"{path}{name}").read_bytes() == content, name
+    fine = subprocess.run(
+        [*command, str(path), "--output", str(tmp_path / "out.jsonl")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert fine.returncode == 0 and '"problem": "bad"' in (tmp_path / "out.jsonl").read_text()
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))

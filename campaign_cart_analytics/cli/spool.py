@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--output goes with dead-letters only")
     if args.ids is not None and args.action != "requeue":
         raise CommandError("--id goes with requeue only")
+    if args.output is not None:
+        _check_output(args.output, args.path)  # before anything is opened for writing
     try:
         conn = spool_file.open_existing(args.path)
     except FileNotFoundError:
@@ -69,12 +71,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(output: str, spool: str) -> None:
+    """Refuse an output that would destroy the spool (the file or its WAL or shared
+    memory, by any name) or cannot be a file."""
+    if os.path.isdir(output):
+        raise CommandError(f"--output {output!r} is a folder: give the path of a file")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise CommandError(f"--output {output!r}: its folder does not exist")
+    for companion in (spool, spool + "-wal", spool + "-shm"):
+        same = os.path.realpath(output) == os.path.realpath(companion)
+        if not same and os.path.exists(output) and os.path.exists(companion):
+            same = os.path.samefile(output, companion)
+        if same:
+            raise CommandError(
+                f"--output {output!r} is the spool's own file ({companion!r}): writing "
+                "there would destroy it; give another file"
+            )
+
+
 def _export(conn: sqlite3.Connection, output: Optional[str]) -> None:
     if output is None:
         _write_lines(conn, sys.stdout)
         return
-    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        raise CommandError(f"--output {output!r}: its folder does not exist")
     with open(output, "w", encoding="utf-8") as stream:
         _write_lines(conn, stream)
 
