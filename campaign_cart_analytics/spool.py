@@ -167,8 +167,8 @@ class SpooledEvents(SpoolUpkeep):
         wakes = [self._next_upkeep] + ([] if until is None else [until])
         if self._reopen_at is not None:
             wakes.append(self._reopen_at)
-        if self._items or self._held:
-            wakes.append(self._next_move)
+        if (self._items or self._held) and not self._memory_only:
+            wakes.append(self._next_move)  # they go into the file then
         super().wait(min(wakes), for_batch=for_batch, since=since)
 
     def split(self, batch: TakenBatch) -> tuple[TakenBatch, TakenBatch]:

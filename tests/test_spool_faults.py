@@ -166,6 +166,21 @@ def test_a_file_that_refuses_writes_costs_no_busy_loop_and_nothing_is_lost(
     assert_balanced(client.stats())
 
 
+def test_a_client_left_in_memory_waits_quietly_for_its_batch_interval(
+    make_client: Any, tmp_path: Path
+) -> None:
+    from test_spool import _read_only_folder
+
+    client = make_client(
+        spool_path=str(_read_only_folder(tmp_path) / "spool.db"), batch_interval_ms=3_000
+    )
+    client.track("e")  # in memory for good, due in 3 s: nothing to move, nothing to do
+    started, cpu = time.monotonic(), time.process_time()
+    time.sleep(0.5)
+    used = (time.process_time() - cpu) / (time.monotonic() - started)
+    assert used < 0.15, f"{used:.0%} of a core while waiting"
+
+
 # ---------------------------------------------------------------- 3: the WAL counts
 
 
