@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Any, Callable
+import urllib.error
+import urllib.request
+from typing import Any, Callable, Optional
 
 import campaign_cart_analytics as cca
 
@@ -37,3 +40,18 @@ class Errors:
     @property
     def events(self) -> list[dict[str, Any]]:
         return [event for events, _ in self.calls for event in events]
+
+
+def http_json(
+    url: str, body: Optional[bytes] = None, method: Optional[str] = None
+) -> tuple[int, dict[str, str], Any]:
+    """One request to a receiver: its status, headers and JSON body (None when empty),
+    4xx and 5xx included."""
+    request = urllib.request.Request(url, data=body, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, headers, raw = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        status, headers, raw = error.code, dict(error.headers), error.read()
+    return status, headers, json.loads(raw) if raw else None

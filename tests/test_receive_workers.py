@@ -7,12 +7,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import http_json
 
 from campaign_cart_analytics.cli import main
 from campaign_cart_analytics.receiver import create_app, serve
@@ -21,13 +20,7 @@ COMMAND = [sys.executable, "-m", "campaign_cart_analytics", "receive", "--port",
 
 
 def call(url: str, body: bytes | None = None) -> tuple[int, dict[str, str], Any]:
-    request = urllib.request.Request(url, data=body)
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
+    return http_json(url, body)
 
 
 def batch(*ids: str) -> bytes:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from helpers import http_json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from postgres import database_url_fixture, postgres_server_fixture  # noqa: F401
@@ -42,15 +43,7 @@ def server(database: str) -> Iterator[LocalServer]:
 def call(
     server: LocalServer, path: str, body: Optional[bytes] = None, method: str = "GET"
 ) -> tuple[int, dict[str, str], Any]:
-    url = f"http://127.0.0.1:{server.port}{path}"
-    request = urllib.request.Request(url, data=body, method=method)
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            status, headers, raw = response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        status, headers, raw = error.code, dict(error.headers), error.read()
-    return status, headers, json.loads(raw) if raw else None
+    return http_json(f"http://127.0.0.1:{server.port}{path}", body, method)
 
 
 def event(event_id: str, name: str = "dl_view_item", **more: Any) -> dict[str, Any]:

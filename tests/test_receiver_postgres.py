@@ -12,14 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from helpers import wait_until
+from helpers import http_json, wait_until
 from postgres import (  # noqa: F401 - fixtures
     PostgresServer,
     database_url_fixture,
@@ -59,14 +57,7 @@ class Receive:
         return "".join(self.lines)
 
     def call(self, path: str, body: Optional[bytes] = None) -> tuple[int, dict[str, str], Any]:
-        request = urllib.request.Request(self.base + path, data=body)
-        request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                status, headers, raw = response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as error:
-            status, headers, raw = error.code, dict(error.headers), error.read()
-        return status, headers, json.loads(raw) if raw else None
+        return http_json(self.base + path, body)
 
     def stop(self) -> str:
         """Stop it as a process manager would (SIGTERM); everything it printed."""
@@ -259,13 +250,7 @@ def _restart(database: PostgresServer, receiver: Receive) -> None:
 
 
 def post_to(server: Any, body: bytes) -> tuple[int, dict[str, str], Any]:
-    request = urllib.request.Request(server.url, data=body)
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
+    return http_json(server.url, body)
 
 
 def test_a_statement_over_the_timeout_is_a_503_and_stores_nothing_of_the_batch(
