@@ -86,6 +86,7 @@ class PendingEvents:
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)  # the worker waits on this
         self._settled = threading.Condition(self._lock)  # flush() and shutdown() wait on this
+        self._for_senders = threading.Condition(self._lock)  # idle senders wait on this
         self._items: collections.deque[tuple[bytes, float]] = collections.deque()
         self._taken: dict[int, TakenBatch] = {}  # taken by the worker, not settled; by first_seq
         self._head_seq = 1  # sequence number of self._items[0]
@@ -96,6 +97,7 @@ class PendingEvents:
         self._closing = False
         self._interrupts = 0  # bumped to make a waiting worker return and re-plan
         self._worker_wants_batch = False  # waiting for a batch: put() may wake it
+        self._senders_waiting = 0  # senders waiting for a batch to follow on with
         self._waiters: list[_FlushWaiter] = []
         self._reporting = 0  # batches counted as dropped whose on_error call has not returned
         self._losses = 0  # events lost so far
@@ -123,15 +125,21 @@ class PendingEvents:
             self._counts["dropped_queue_full"] += 1
             self._losses += 1
             return "dropped_queue_full"
-        size = len(self._items)
         self._items.append((text, time.monotonic()))
         self._last_seq += 1
         self._counts["queued"] += 1
-        # Wake the worker only when its plan changes (a batch's first event starts
-        # the interval, a full batch is due now), and only if it has a slot to send it.
-        if self._worker_wants_batch and (size == 0 or size + 1 == self._batch_size):
-            self._work_ready.notify()
+        self._tell_of_new_event(len(self._items))
         return None
+
+    def _tell_of_new_event(self, ready: int) -> None:
+        """With the lock held, after an event was queued and ``ready`` now wait: wake who
+        waits for a batch, only when a plan changes (a batch's first event starts the
+        interval, a full batch is due now). An idle sender first: it sends the batch itself,
+        where the worker would hand it to a sender."""
+        if ready == self._batch_size and self._senders_waiting:
+            self._for_senders.notify()
+        elif self._worker_wants_batch and (ready == 1 or ready == self._batch_size):
+            self._work_ready.notify()
 
     def refuse(self, counter: str) -> None:
         """Count a tracked event that never reached the queue (filtered, transform error)."""
@@ -181,6 +189,32 @@ class PendingEvents:
                 if wake_at is not None and wake_at <= now:
                     return
                 self._work_ready.wait(None if wake_at is None else wake_at - now)
+
+    def wait_for_batch(self, timeout: float) -> bool:
+        """For a sender whose batch was delivered: block until a batch is due (True), at
+        most ``timeout`` seconds, or until an ``interrupt()`` (False: the worker decides).
+
+        One sender waits at a time; another one is told False at once and hands its slot
+        back, so that only as many senders stay busy as the flow of events keeps busy."""
+        deadline = time.monotonic() + timeout
+        with self._for_senders:
+            if self._senders_waiting:
+                return False
+            since = self._interrupts
+            self._senders_waiting += 1
+            try:
+                while self._interrupts == since:
+                    now = time.monotonic()
+                    due = self._batch_due_at()
+                    if due is not None and due <= now:
+                        return True
+                    wake_at = deadline if due is None else min(due, deadline)
+                    if wake_at <= now:
+                        return False
+                    self._for_senders.wait(wake_at - now)
+                return False
+            finally:
+                self._senders_waiting -= 1
 
     def split(self, batch: TakenBatch) -> tuple[TakenBatch, TakenBatch]:
         """Two halves, in order, of a batch the endpoint found too large; each settles alone."""
@@ -295,6 +329,8 @@ class PendingEvents:
         with self._work_ready:
             self._interrupts += 1
             self._work_ready.notify()
+            if self._senders_waiting:
+                self._for_senders.notify_all()
 
     def write_off(self, problem: str) -> list[bytes]:
         """Count every event still pending as ``dropped_shutdown``; return their texts.
@@ -365,6 +401,8 @@ class PendingEvents:
         if self._flush_through < self._last_seq:
             self._flush_through = self._last_seq
             self._work_ready.notify()
+            if self._senders_waiting:
+                self._for_senders.notify()
         return waiter
 
     def _update_waiters(self) -> None:

@@ -118,8 +118,7 @@ class SpooledEvents(SpoolUpkeep):
         if self._ready == 1:
             self._next_ready_id = row
             self._next_ready_at = time.monotonic() + self._interval
-        if self._worker_wants_batch and (self._ready == 1 or self._ready == self._batch_size):
-            self._work_ready.notify()
+        self._tell_of_new_event(self._ready)
         return None
 
     # ------------------------------------------------------------ worker side

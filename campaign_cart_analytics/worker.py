@@ -7,7 +7,11 @@ requests out and bring the answers back. Each turn of the loop:
    drop);
 2. start what is due, as long as the ``OverloadGate`` lets a request start:
    parked batches whose wait is over first, then new batches from
-   ``PendingEvents`` (full, their interval over, flushed, or closing);
+   ``PendingEvents`` (full, their interval over, flushed, or closing). While
+   senders go on alone from batch to batch (``_follow_on``), a new batch gets
+   a slot of its own only once every request in flight has been out
+   ``SLOW_REQUEST``: a fast endpoint is served by one thread, slow ones by
+   as many requests side by side as there are slots;
 3. wait until something changes: an answer, a batch or a wait coming due,
    a shutdown.
 
@@ -59,6 +63,19 @@ ERROR_PAUSE = 0.1
 #: The shortest overload pause, whatever Retry-After says: a hot loop helps nobody.
 MIN_PAUSE = 0.01
 
+#: A request out for less than this is fast: while senders go on alone (see
+#: ``_follow_on``), the worker opens another slot for a ready batch only once every
+#: request in flight has been out this long, and a sender whose request was this quick
+#: hands its slot back if another sender is busy. On a fast endpoint one thread then
+#: sends batch after batch (more would only take turns with the GIL, a context switch
+#: each time); behind slow requests, batches go out side by side.
+SLOW_REQUEST = 0.005
+
+#: Seconds a sender whose batch was delivered waits for the next batch to be ready
+#: before it hands its slot back to the worker: while events keep coming, one thread
+#: sends batch after batch, woken by ``track()`` itself when a batch is full.
+FOLLOW_ON_WAIT = 0.005
+
 #: Seconds a batch may be answered 429/503 without it costing its retries. Past this an
 #: overload counts as a failed attempt, so that an endpoint refusing for good cannot
 #: hold a flush() or a shutdown() without a timeout for ever.
@@ -84,6 +101,7 @@ class Worker:
         )
         self._follow_on_lock = threading.Lock()
         self._may_follow_on = False  # published by this thread, read by senders (see _follow_on)
+        self._sending: dict[Job, float] = {}  # requests out now, when each started; that lock
         self._answers: collections.deque[tuple[Job, Answer]] = collections.deque()
         self._parked: list[Job] = []
         self._in_flight = 0
@@ -107,31 +125,46 @@ class Worker:
 
     def _answered(self, job: Job, answer: Answer) -> None:
         """Called by a sender thread: queue the answer and wake the loop."""
-        if answer.kind != "delivered":
-            with self._follow_on_lock:  # an overload or failure: senders stop going on alone
+        with self._follow_on_lock:
+            self._sending.pop(job, None)
+            if answer.kind != "delivered":  # an overload or failure: senders stop going on alone
                 self._may_follow_on = False
         self._answers.append((job, answer))
         self._pending.interrupt()
 
     def _follow_on(self, job: Job, answer: Answer) -> Optional[Job]:
-        """Called by a sender thread with a delivered batch: settle it and hand back the next
-        ready batch to send on the same slot; None where the loop must decide (an overload in
-        force, batches waiting for a retry, a shutdown under way, nothing ready)."""
+        """Called by a sender thread with a delivered batch: settle it, and hand back the
+        next batch to send on the same slot, waiting up to ``FOLLOW_ON_WAIT`` for one to be
+        ready; None where the loop must decide (an overload in force, batches waiting for
+        a retry, a shutdown under way, nothing ready)."""
+        self._settle_delivered(job, answer)
+        following = self._take_following(job)
+        if following is not None or not self._may_follow_on or self._sending:
+            return following  # another sender busy: it takes what comes next
+        if not self._pending.wait_for_batch(FOLLOW_ON_WAIT):
+            return None
+        return self._take_following(job)
+
+    def _take_following(self, job: Job) -> Optional[Job]:
+        now = time.monotonic()
         with self._follow_on_lock:
+            self._sending.pop(job, None)
             if not self._may_follow_on or self._clock.waits_until is not None:
                 return None
+            if self._sending and now - job.started_at < SLOW_REQUEST:
+                return None  # a fast endpoint and another sender busy: one is enough
             batch = self._pending.take_ready()
             if batch is None:
                 return None
-            now = time.monotonic()
             self._gate.started(now)
-        self._settle_delivered(job, answer)
-        following = self._new_job(batch, now)
-        following.started_at = now
+            following = self._new_job(batch, now)
+            following.started_at = now
+            self._sending[following] = now
         return following
 
     def _settle_delivered(self, job: Job, answer: Answer) -> None:
-        self._pending.settle_delivered(job.batch)
+        if not self._pending.settle_delivered(job.batch):
+            return  # settled already by its sender (see _follow_on), or written off
         logger.debug(
             "Batch %s delivered: %d events, HTTP %s, %d attempt(s)",
             job.batch_id, len(job.batch.texts), answer.status, job.retry.attempts + 1,
@@ -157,6 +190,7 @@ class Worker:
     # ------------------------------------------------------------ starting
 
     def _start_what_is_due(self) -> None:
+        self._publish_follow_on(time.monotonic())
         while True:
             now = time.monotonic()
             opens = self._opens_at(now)
@@ -178,8 +212,21 @@ class Worker:
         return job
 
     def _take_new(self, now: float) -> Optional[Job]:
+        if self._wait_for_senders(now) is not None:
+            return None
         batch = self._pending.take_ready()
         return None if batch is None else self._new_job(batch, now)
+
+    def _wait_for_senders(self, now: float) -> Optional[float]:
+        """Until when new batches are left to the senders going on alone (``_follow_on``):
+        until every request in flight has been out ``SLOW_REQUEST``. None: no such wait."""
+        if not self._may_follow_on:
+            return None
+        with self._follow_on_lock:
+            youngest = max(self._sending.values(), default=None)
+        if youngest is None or now - youngest >= SLOW_REQUEST:
+            return None
+        return youngest + SLOW_REQUEST
 
     def _new_job(self, batch: TakenBatch, now: float) -> Job:
         retry = DeliveryRetry.first(self._config.max_retries, self._config.retry_delay_ms / 1000)
@@ -196,6 +243,8 @@ class Worker:
         self._in_flight += 1
         job.started_at = now
         self._gate.started(now)
+        with self._follow_on_lock:
+            self._sending[job] = now
         self._senders.submit(job)
 
     def _opens_at(self, now: float) -> Optional[float]:
@@ -215,7 +264,11 @@ class Worker:
         wakes = [job.due for job in self._parked]
         if opens > now:  # paused or paced: nothing starts before then
             wakes = [max(opens, due) for due in wakes] + [opens]
-        self._pending.wait(min(wakes, default=None), for_batch=opens <= now, since=since)
+        senders_until = self._wait_for_senders(now) if opens <= now else None
+        if senders_until is not None:  # look again then; a full batch need not wake us
+            wakes.append(senders_until)
+        for_batch = opens <= now and senders_until is None
+        self._pending.wait(min(wakes, default=None), for_batch=for_batch, since=since)
 
     # ------------------------------------------------------------ answers
 

@@ -145,3 +145,17 @@ def test_stats_count_batches_and_balance(make_client: Any, receiver: Receiver) -
     stats = client.stats()
     assert (stats.tracked, stats.delivered, stats.batches_sent, stats.queued) == (10, 10, 3, 0)
     assert_balanced(stats)
+
+
+def test_a_backlog_to_a_fast_endpoint_takes_few_threads(
+    make_client: Any, receiver: Receiver
+) -> None:
+    # The endpoint answers at once: one sender carries batch after batch; more would only
+    # take turns with the GIL. Slots open for requests that are slow (the test above).
+    client = make_client(batch_size=10, batch_interval_ms=60_000, max_concurrent_requests=8)
+    for i in range(600):
+        client.track("e", {"i": i})
+    assert client.flush(timeout=10)
+    assert len(receiver.requests) == 60
+    assert 1 <= len(senders()) <= 3  # of 8 allowed (all 8 before, for 60 batches at once)
+    assert sorted(e["i"] for e in receiver.delivered_events()) == list(range(600))

@@ -7,6 +7,9 @@ import decimal
 import json
 import logging
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 import uuid
 from typing import Any
@@ -377,3 +380,30 @@ def test_return_value_is_the_event_id_or_none_when_disabled(
     assert disabled.flush() is True and disabled.stats().tracked == 0
     with pytest.raises(TypeError):
         disabled.track(None)  # type: ignore[arg-type]
+
+
+def test_queued_texts_hold_their_size_in_memory_not_a_page_each() -> None:
+    # A queued event keeps its text until delivered. orjson's own bytes object is cut
+    # down from the room it grew into, and the allocator then gives each next one fresh
+    # memory: a page (4 kB) and a page fault per event. encode() hands over a copy.
+    script = textwrap.dedent(
+        """
+        import os
+        from campaign_cart_analytics.events import encode
+
+        def rss():
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+        encode({"warm": 1})
+        before = rss()
+        texts = [encode({"event": "e", "n": n, "pad": "x" * 420}) for n in range(20_000)]
+        print((rss() - before) / len(texts), len(texts[0]))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    per_text, size = map(float, result.stdout.split())
+    assert 440 < size < 480
+    assert per_text < 2 * size, per_text  # measured: about 500 bytes; orjson's own: 4 kB

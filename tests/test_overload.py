@@ -179,7 +179,8 @@ def test_an_overload_that_outlasts_the_patience_costs_retries_at_last(
 
 
 def test_a_shutdown_does_not_wait_for_the_pace(make_client: Any, receiver: Receiver) -> None:
-    receiver.script(*[Reply(429, headers={"Retry-After": "0.05"})] * 6)
+    # Answered after 50 ms: the 6 batches go out side by side, and their 429s set a pace.
+    receiver.script(*[Reply(429, headers={"Retry-After": "0.05"}, delay=0.05)] * 6)
     client = make_client(batch_size=1, batch_interval_ms=60_000)
     for n in range(6):
         client.track("e", {"n": n})

@@ -18,6 +18,7 @@ import pytest
 from receiver import Receiver, refused_url
 
 import campaign_cart_analytics as cca
+from campaign_cart_analytics.attempts import GuardedHTTPConnection
 from campaign_cart_analytics.receiver import create_app, serve
 
 
@@ -184,3 +185,37 @@ def test_the_sdks_requests_make_no_spans_in_the_applications_traces(receiver: Re
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['POST', 'checkout']"  # the app's two, none of ours
     assert len(receiver.requests) == 6
+
+
+class _RecordingSocket:
+    """A socket that records what each sendall() carried."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.writes: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+@pytest.mark.parametrize("body", [b'{"events":[]}', None])
+def test_a_request_goes_out_in_one_write(receiver: Receiver, body: Any) -> None:
+    # Each write lets go of the GIL: head and body leave together. A request without a
+    # body still sends its head.
+    host, port = receiver.url.split("/")[2].split(":")
+    connection = GuardedHTTPConnection(host, int(port), timeout=5)
+    connection.connect()
+    recording = _RecordingSocket(connection.sock)
+    connection.sock = recording
+    connection.request("POST", "/analytics", body=body, headers={"Content-Type": "text/plain"})
+    response = connection.getresponse()
+    assert response.status == 202
+    (write,) = recording.writes
+    assert write.startswith(b"POST /analytics HTTP/1.1\r\n")
+    assert write.endswith(b"\r\n\r\n" + (body or b""))
+    assert receiver.requests[0].body == (body or b"")
+    connection.close()
