@@ -8,10 +8,10 @@ requests out and bring the answers back. Each turn of the loop:
 2. start what is due, as long as the ``OverloadGate`` lets a request start:
    parked batches whose wait is over first, then new batches from
    ``PendingEvents`` (full, their interval over, flushed, or closing). While
-   senders go on alone from batch to batch (``_follow_on``), a new batch gets
-   a slot of its own only once every request in flight has been out
-   ``SLOW_REQUEST``: a fast endpoint is served by one thread, slow ones by
-   as many requests side by side as there are slots;
+   senders go on alone from batch to batch (``_follow_on``), new batches get
+   slots of their own only once every request in flight has been out
+   ``SLOW_REQUEST`` (``_new_slots``): a fast endpoint is served by one thread,
+   slow ones by as many requests side by side as there are slots;
 3. wait until something changes: an answer, a batch or a wait coming due,
    a shutdown.
 
@@ -190,13 +190,18 @@ class Worker:
     # ------------------------------------------------------------ starting
 
     def _start_what_is_due(self) -> None:
-        self._publish_follow_on(time.monotonic())
+        now = time.monotonic()
+        self._publish_follow_on(now)
+        new_slots = self._new_slots(now)
         while True:
             now = time.monotonic()
             opens = self._opens_at(now)
             if opens is None or opens > now:
                 return
-            job = self._take_due_parked(now) or self._take_new(now)
+            job = self._take_due_parked(now)
+            if job is None and new_slots > 0:
+                job = self._take_new(now)
+                new_slots -= 1
             if job is None:
                 return
             self._start(job, now)
@@ -212,14 +217,27 @@ class Worker:
         return job
 
     def _take_new(self, now: float) -> Optional[Job]:
-        if self._wait_for_senders(now) is not None:
-            return None
         batch = self._pending.take_ready()
         return None if batch is None else self._new_job(batch, now)
 
+    def _new_slots(self, now: float) -> int:
+        """How many new batches may start now, each on a slot of its own.
+
+        While senders go on alone from batch to batch (``_follow_on``), what comes next
+        is left to them: with none sending, one batch starts; once every request in
+        flight has been out ``SLOW_REQUEST``, as many more as are in flight (1, 2, 4...,
+        as TCP's slow start); else none. Otherwise as many as the gate lets through."""
+        if not self._may_follow_on:
+            return self._config.max_concurrent_requests
+        with self._follow_on_lock:
+            starts = list(self._sending.values())
+        if not starts:
+            return 1
+        return len(starts) if now - max(starts) >= SLOW_REQUEST else 0
+
     def _wait_for_senders(self, now: float) -> Optional[float]:
-        """Until when new batches are left to the senders going on alone (``_follow_on``):
-        until every request in flight has been out ``SLOW_REQUEST``. None: no such wait."""
+        """Until when new batches are left to the senders in flight (``_new_slots``: until
+        the youngest request has been out ``SLOW_REQUEST``); None: no such wait."""
         if not self._may_follow_on:
             return None
         with self._follow_on_lock:
