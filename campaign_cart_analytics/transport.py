@@ -196,9 +196,11 @@ class Transport:
                 proxies, verify = self._settings["proxies"], self._settings["verify"]
                 if self._config.endpoint.startswith("http:") and not any(proxies.values()):
                     verify = True  # no TLS on the way: no CA bundle to look up each time
+                cert = self._settings["cert"]
                 pool = self._adapter.get_connection_with_tls_context(
-                    self._template, verify, proxies=proxies, cert=self._settings["cert"]
+                    self._template, verify, proxies=proxies, cert=cert
                 )
+                self._adapter.cert_verify(pool, self._config.endpoint, verify, cert)  # type: ignore[no-untyped-call]
                 self._route = pool, self._adapter.request_url(self._template, proxies)
             return self._route
 
