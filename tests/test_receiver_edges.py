@@ -245,6 +245,7 @@ def test_nan_and_infinity_are_not_json(server: LocalServer, number: str) -> None
     ("body", "path"),
     [
         (with_raw_note('"\\ud800"'), "events[0].note"),
+        (with_raw_note('["x", "\\uDBFF"]'), "events[0].note[1]"),  # hex digits in capitals
         (with_raw_note('{"items": [{"name": "a\\udfffb"}]}'), "events[0].note.items[0].name"),
         (with_raw_note('{"\\udc00": 1}'), "events[0].note"),
         (batch_text(event(event_id="id\ud800")).encode(), "events[0].event_id"),

@@ -92,6 +92,21 @@ def test_paging_from_the_beginning_returns_each_event_once_in_the_order_received
     assert page_all(server, after=cursor, limit=1000, expect=2)[0] == ["f", "g"]
 
 
+def test_events_read_back_as_sent_big_numbers_and_any_text_included(server: LocalServer) -> None:
+    # An integer beyond 64 bits, floats, non-ASCII text and escapes: what is stored and read
+    # back is the event sent (the PostgreSQL store writes JSON by orjson where it can).
+    sent = [
+        event("big", count=2**70, negative=-(2**65), price=29.99, tiny=1e-300),
+        event("text", name="dl_vue_é", note='Grüße \u2028 "quoted" 🛒', empty=""),
+    ]
+    post(server, *sent)
+    status, _, answer = call(server, "/events?limit=10")
+    assert status == 200
+    assert [
+        {k: v for k, v in e.items() if k in sent[0] or k in sent[1]} for e in answer["events"]
+    ] == sent
+
+
 def test_the_latest_events_come_oldest_first_with_a_cursor_for_what_follows(
     server: LocalServer,
 ) -> None:

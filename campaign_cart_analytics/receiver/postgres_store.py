@@ -51,6 +51,11 @@ from .store import (
 )
 
 try:
+    import orjson
+except ImportError:  # pragma: no cover - PyPy, where the SDK does without it
+    orjson = None  # type: ignore[assignment]
+
+try:
     import psycopg
     import psycopg_pool
 except ImportError:  # pragma: no cover - the extra is not installed
@@ -195,7 +200,7 @@ class PostgresStore(Store):
     # ------------------------------------------------------------ the interface
 
     def add_batch(self, batch_id: Optional[str], events: Sequence[dict[str, Any]]) -> int:
-        parameters = {"batch_id": batch_id, "size": len(events), "events": json.dumps(events)}
+        parameters = {"batch_id": batch_id, "size": len(events), "events": _as_json(events)}
         with self._connection() as conn:
             row = conn.execute(_INSERT, parameters).fetchone()
         return int(row[0]) if row else 0
@@ -268,6 +273,18 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self._pool.close(timeout=1.0)
+
+
+def _as_json(events: Sequence[dict[str, Any]]) -> str:
+    """The events as one JSON array, by orjson where it can (a tenth of the stdlib's time:
+    a tenth of this store's Python work per event), else by the stdlib (an integer
+    beyond 64 bits)."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(events).decode()  # a str: bytes would go as bytea
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+    return json.dumps(events)
 
 
 def _check_url(url: str) -> tuple[str, ...]:
