@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Union
 
 import attrs
 import requests.models as requests_models
+import requests.utils as requests_utils
 
 from .errors import ConfigError
 
@@ -206,6 +207,10 @@ def endpoint_problem(url: str) -> Optional[str]:
         requests_models.PreparedRequest().prepare_url(url, None)
     except Exception:
         return "requests cannot use it (check the host name)"
+    try:  # sent as HTTP Basic auth, which requests encodes as Latin-1
+        "".join(requests_utils.get_auth_from_url(url)).encode("latin-1")
+    except UnicodeEncodeError:
+        return "its credentials hold characters beyond Latin-1 (HTTP Basic auth)"
     return None
 
 

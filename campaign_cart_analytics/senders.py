@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Callable, Optional
 
 import attrs
@@ -45,6 +46,7 @@ class Job:
     is_retry: bool = False  # its next attempt counts as a retry (a pause does not)
     overloaded_since: Optional[float] = None  # its first 429/503 (see OVERLOAD_PATIENCE)
     last_chance: bool = False  # a shutdown's deadline: whatever happens, no further attempt
+    waited: float = 0.0  # seconds its last attempt waited (on the endpoint, or for the GIL)
 
 
 class SenderPool:
@@ -123,6 +125,7 @@ class SenderPool:
                 logger.exception("Unexpected error handing back batch %s", job.batch_id)
 
     def _post(self, job: Job) -> Answer:
+        started, cpu_started = time.monotonic(), time.thread_time()
         try:
             body = batch_body(job.batch.texts, job.batch_id, job.sent_at_ms)
             return self._transport.post(body, job.batch_id)
@@ -130,3 +133,5 @@ class SenderPool:
             # the batch is answered (never orphaned) and the thread goes on
             logger.exception("Unexpected error while sending batch %s", job.batch_id)
             return Answer("fatal", problem=f"internal error {type(exc).__name__}")
+        finally:  # the attempt's time less this thread's CPU time: what it waited
+            job.waited = time.monotonic() - started - (time.thread_time() - cpu_started)

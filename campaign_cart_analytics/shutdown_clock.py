@@ -34,6 +34,11 @@ class ShutdownClock:
         waits_until = self.waits_until
         return waits_until is not None and due > waits_until
 
+    def gave_up(self) -> bool:
+        """True once the shutdown's give-up time has passed."""
+        gives_up_at = self._gives_up_at
+        return gives_up_at is not None and time.monotonic() >= gives_up_at
+
     def attempt_timeout(self, timeout: float) -> float:
         """``timeout``, shortened so that an attempt ends by the shutdown's give-up time."""
         if self._gives_up_at is None:

@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import errno
 import gzip
+import http.client
 import logging
 import platform
 import ssl
 import threading
 import urllib.parse
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import attrs
 import requests
 import urllib3
 from requests.cookies import extract_cookies_to_jar
+from requests.utils import urldefragauth
 from urllib3.exceptions import (
     ConnectTimeoutError,
     NewConnectionError,
@@ -153,9 +155,11 @@ class Transport:
         try:
             with self._guard.attempt(timeout) as attempt, _otel.suppressed():
                 answer = self._exchange(request, timeout, secrets)
+                if _closed_while_idle(answer, attempt):  # once more, on a new connection
+                    answer = self._exchange(request, timeout, secrets)
         except SendingStopped:
             return Answer("cut_short", problem="shutdown deadline passed")
-        return _explain_cut(answer, attempt, timeout)
+        return _explain_cut(answer, attempt, timeout, self._clock.gave_up())
 
     def _exchange(
         self, request: requests.PreparedRequest, timeout: float, secrets: tuple[str, ...]
@@ -269,6 +273,9 @@ def _hide_in_urllib3_logs(endpoint: str) -> None:
         return
     logged = f"{parts.path or '/'}?{parts.query}"
     _urllib3_filter.shown[logged] = redact_url(logged)
+    # Through a proxy, urllib3 logs the whole URL (without credentials or fragment).
+    whole = urldefragauth(endpoint)
+    _urllib3_filter.shown[whole] = redact_url(whole)
     urllib3_log = logging.getLogger("urllib3.connectionpool")
     if _urllib3_filter not in urllib3_log.filters:
         urllib3_log.addFilter(_urllib3_filter)
@@ -294,11 +301,28 @@ def _without(secrets: tuple[str, ...], text: str) -> str:
     return text
 
 
-def _explain_cut(answer: Answer, attempt: Attempt, timeout: float) -> Answer:
-    """An answer that says why its attempt was cut off, where it was."""
+def _closed_while_idle(answer: Answer, attempt: Attempt) -> bool:
+    """The request went out on a kept-alive connection that the server had closed (its
+    idle timeout ran out as the request left): it was not answered at all, and trying
+    again at once on a new connection costs the batch nothing. Go's HTTP client does the
+    same for requests that carry an Idempotency-Key, as every batch does."""
+    return (
+        answer.kind == "failed"
+        and attempt.reused
+        and attempt.cut_off is None
+        and _find_cause(answer.error, _CLOSED_UNANSWERED) is not None
+    )
+
+
+_CLOSED_UNANSWERED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+def _explain_cut(answer: Answer, attempt: Attempt, timeout: float, gave_up: bool) -> Answer:
+    """An answer that says why its attempt was cut off, where it was. ``gave_up``: the
+    shutdown's deadline has passed, so a timeout was the deadline's (it shortens them)."""
     if answer.kind == "delivered" or attempt.cut_off is None:
         return answer
-    if attempt.cut_off == STOPPED:
+    if attempt.cut_off == STOPPED or gave_up:
         return Answer("cut_short", problem="cut off in flight by the shutdown deadline")
     assert attempt.cut_off == TIMED_OUT
     problem = f"no complete response within {timeout:g} s (request_timeout_ms)"
@@ -333,8 +357,11 @@ def _body_start(body: bytes, limit: int = 200) -> str:
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
-def _find_cause(exc: BaseException, kind: type[BaseException]) -> Optional[BaseException]:
-    """The first exception of ``kind`` in ``exc``, its args, reasons and causes."""
+def _find_cause(
+    exc: Optional[BaseException], kind: Union[type[BaseException], tuple[type[BaseException], ...]]
+) -> Optional[BaseException]:
+    """The first exception of ``kind`` (a type or types) in ``exc``, its args, reasons and
+    causes."""
     seen: set[int] = set()
     todo: list[Any] = [exc]
     while todo:

@@ -8,10 +8,11 @@ requests out and bring the answers back. Each turn of the loop:
 2. start what is due, as long as the ``OverloadGate`` lets a request start:
    parked batches whose wait is over first, then new batches from
    ``PendingEvents`` (full, their interval over, flushed, or closing). While
-   senders go on alone from batch to batch (``_follow_on``), new batches get
-   slots of their own only once every request in flight has been out
-   ``SLOW_REQUEST`` (``_new_slots``): a fast endpoint is served by one thread,
-   slow ones by as many requests side by side as there are slots;
+   senders go on alone from batch to batch (``_follow_on``) and their requests
+   are quick (``QUICK_WAIT``), new batches get slots of their own only once
+   every request in flight has been out ``SLOW_REQUEST`` (``_new_slots``): a
+   fast endpoint next door is served by one thread; an endpoint that makes
+   requests wait, by as many side by side as there are slots;
 3. wait until something changes: an answer, a batch or a wait coming due,
    a shutdown.
 
@@ -63,12 +64,16 @@ ERROR_PAUSE = 0.1
 #: The shortest overload pause, whatever Retry-After says: a hot loop helps nobody.
 MIN_PAUSE = 0.01
 
-#: A request out for less than this is fast: while senders go on alone (see
-#: ``_follow_on``), the worker opens another slot for a ready batch only once every
-#: request in flight has been out this long, and a sender whose request was this quick
-#: hands its slot back if another sender is busy. On a fast endpoint one thread then
-#: sends batch after batch (more would only take turns with the GIL, a context switch
-#: each time); behind slow requests, batches go out side by side.
+#: Seconds a request may wait (its time less its thread's CPU time) and still count as
+#: quick. Requests side by side pay off while they wait on the endpoint; a request that
+#: is all CPU (a fast endpoint next door) gains nothing from company but turns taken
+#: with the GIL, a context switch each. So while senders go on alone (``_follow_on``),
+#: more slots open after a request that waited, and a quick sender hands its slot back
+#: while another is busy: one thread then carries a fast endpoint's backlog.
+QUICK_WAIT = 0.0005
+
+#: A request still out after this many seconds has waited, whatever its CPU time: more
+#: slots open (the first requests to a slow endpoint, or a stalled one).
 SLOW_REQUEST = 0.005
 
 #: Seconds a sender whose batch was delivered waits for the next batch to be ready
@@ -102,6 +107,7 @@ class Worker:
         self._follow_on_lock = threading.Lock()
         self._may_follow_on = False  # published by this thread, read by senders (see _follow_on)
         self._sending: dict[Job, float] = {}  # requests out now, when each started; that lock
+        self._endpoint_waits = False  # the last request answered waited (QUICK_WAIT); that lock
         self._answers: collections.deque[tuple[Job, Answer]] = collections.deque()
         self._parked: list[Job] = []
         self._in_flight = 0
@@ -127,6 +133,7 @@ class Worker:
         """Called by a sender thread: queue the answer and wake the loop."""
         with self._follow_on_lock:
             self._sending.pop(job, None)
+            self._endpoint_waits = job.waited >= QUICK_WAIT
             if answer.kind != "delivered":  # an overload or failure: senders stop going on alone
                 self._may_follow_on = False
         self._answers.append((job, answer))
@@ -149,10 +156,11 @@ class Worker:
         now = time.monotonic()
         with self._follow_on_lock:
             self._sending.pop(job, None)
+            self._endpoint_waits = job.waited >= QUICK_WAIT
             if not self._may_follow_on or self._clock.waits_until is not None:
                 return None
-            if self._sending and now - job.started_at < SLOW_REQUEST:
-                return None  # a fast endpoint and another sender busy: one is enough
+            if self._sending and not self._endpoint_waits:
+                return None  # a quick request and another sender busy: one is enough
             batch = self._pending.take_ready()
             if batch is None:
                 return None
@@ -224,13 +232,16 @@ class Worker:
         """How many new batches may start now, each on a slot of its own.
 
         While senders go on alone from batch to batch (``_follow_on``), what comes next
-        is left to them: with none sending, one batch starts; once every request in
-        flight has been out ``SLOW_REQUEST``, as many more as are in flight (1, 2, 4...,
-        as TCP's slow start); else none. Otherwise as many as the gate lets through."""
-        if not self._may_follow_on:
-            return self._config.max_concurrent_requests
+        is left to them after quick requests (``QUICK_WAIT``): with none sending, one
+        batch starts; once every request in flight has been out ``SLOW_REQUEST``, as many
+        more as are in flight (1, 2, 4..., as TCP's slow start); else none. Otherwise
+        (the last request waited on the endpoint, or an overload, retries or a shutdown
+        under way) as many as the gate lets through."""
         with self._follow_on_lock:
             starts = list(self._sending.values())
+            endpoint_waits = self._endpoint_waits
+        if not self._may_follow_on or endpoint_waits:
+            return self._config.max_concurrent_requests
         if not starts:
             return 1
         return len(starts) if now - max(starts) >= SLOW_REQUEST else 0
@@ -238,10 +249,10 @@ class Worker:
     def _wait_for_senders(self, now: float) -> Optional[float]:
         """Until when new batches are left to the senders in flight (``_new_slots``: until
         the youngest request has been out ``SLOW_REQUEST``); None: no such wait."""
-        if not self._may_follow_on:
-            return None
         with self._follow_on_lock:
             youngest = max(self._sending.values(), default=None)
+            if not self._may_follow_on or self._endpoint_waits:
+                return None
         if youngest is None or now - youngest >= SLOW_REQUEST:
             return None
         return youngest + SLOW_REQUEST

@@ -159,3 +159,18 @@ def test_a_backlog_to_a_fast_endpoint_takes_few_threads(
     assert len(receiver.requests) == 60
     assert 1 <= len(senders()) <= 3  # of 8 allowed (all 8 before, for 60 batches at once)
     assert sorted(e["i"] for e in receiver.delivered_events()) == list(range(600))
+
+
+def test_a_backlog_to_an_endpoint_a_few_ms_away_goes_out_side_by_side(
+    make_client: Any, receiver: Receiver
+) -> None:
+    # 3 ms an answer: under the 5 ms after which a request counts as slow, but spent
+    # waiting on the endpoint, not on CPU: requests side by side pay off.
+    receiver.script(*[Reply(202, delay=0.003)] * 100)
+    client = make_client(batch_size=1, batch_interval_ms=60_000)
+    for i in range(100):
+        client.track("e", {"i": i})
+    assert client.flush(timeout=10)
+    arrivals = [request.at for request in receiver.requests]
+    assert len(arrivals) == 100
+    assert max(arrivals) - min(arrivals) < 0.2  # one at a time: 0.3 s at the very least

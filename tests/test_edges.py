@@ -197,6 +197,7 @@ BAD_ENDPOINTS = [
     ("http://exa mple.com/?token=SECRET", "white space"),
     ("ftp://user:password@host/", "scheme"),
     ("https://user:password@☃.example/?token=SECRET", "host name"),
+    ("https://user:SECRETĀ@host/", "beyond Latin-1"),  # Basic auth is Latin-1
 ]
 
 

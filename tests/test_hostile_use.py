@@ -182,13 +182,18 @@ def test_an_endpoint_that_echoes_the_token_does_not_get_it_logged(
     assert "invalid token ***" in str(errors.calls[0][1])
 
 
+@pytest.mark.parametrize("through_a_proxy", [False, True])
 def test_urllib3_debug_logs_do_not_show_the_endpoints_query_values(
-    make_client: Any, receiver: Receiver, caplog: pytest.LogCaptureFixture
+    make_client: Any, receiver: Receiver, caplog: pytest.LogCaptureFixture, through_a_proxy: bool
 ) -> None:
     caplog.set_level(logging.DEBUG)  # the root logger at DEBUG, urllib3's lines included
-    client = make_client(endpoint=receiver.url + f"?token={SECRET}&x=1")
+    proxy = Receiver()  # answers as a proxy would: urllib3 logs the whole URL then
+    options = {"proxy": proxy.url.rsplit("/", 1)[0]} if through_a_proxy else {}
+    client = make_client(endpoint=receiver.url + f"?token={SECRET}&x=1", **options)
     client.track("e")
     assert client.flush(timeout=5) is True
+    proxy.close()
+    assert len((proxy if through_a_proxy else receiver).requests) == 1
     assert any(r.name.startswith("urllib3") for r in caplog.records)
     assert SECRET not in caplog.text
 

@@ -159,5 +159,10 @@ class DeliveryMachine(RuleBasedStateMachine):
         assert all(len(batches) == 1 for batches in answered_ok.values()), answered_ok
 
 
-DeliveryMachine.TestCase.settings = settings(max_examples=50, stateful_step_count=25, deadline=None)
+# Derandomized: the same 50 programs every run. Random ones take 3 s to 60 s (a run of
+# scripted 429s can slow the pace to its floor, a request every 10 s), and the suite has
+# a 3-minute budget. Drop `derandomize` for a while to explore others.
+DeliveryMachine.TestCase.settings = settings(
+    max_examples=50, stateful_step_count=25, deadline=None, derandomize=True
+)
 TestDeliveryMachine = DeliveryMachine.TestCase
