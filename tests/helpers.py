@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -55,3 +57,32 @@ def http_json(
     except urllib.error.HTTPError as error:
         status, headers, raw = error.code, dict(error.headers), error.read()
     return status, headers, json.loads(raw) if raw else None
+
+
+class RawServer:
+    """A loopback TCP server for cases that need exact bytes: each connection is handed to
+    ``handle`` on a thread of its own; ``close()`` stops taking new ones and sets ``stop``."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/analytics"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        self.listener.close()

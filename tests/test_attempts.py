@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers import Errors
+from helpers import Errors, RawServer
 from receiver import Receiver
 
 import campaign_cart_analytics as cca
@@ -21,27 +20,14 @@ import campaign_cart_analytics as cca
 # ---------------------------------------------------------------- 7. the whole attempt is bounded
 
 
-class TricklingServer:
+class TricklingServer(RawServer):
     """Sends ``head`` at once, then ``tail`` one byte every 0.3 s (15 s in all)."""
 
     def __init__(self, head: bytes, tail: bytes) -> None:
         self.head, self.tail = head, tail
-        self.stop = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/analytics"
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
-
-    def _trickle(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         with conn:
             try:
                 conn.recv(65536)
@@ -52,11 +38,6 @@ class TricklingServer:
                     conn.sendall(bytes([byte]))
             except OSError:
                 return
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(2)
-        self.listener.close()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import types
 from typing import Any
 
 import pytest
-from helpers import assert_balanced, wait_until
+from helpers import RawServer, assert_balanced, wait_until
 from receiver import Receiver, Reply
 
 import campaign_cart_analytics as cca
@@ -167,29 +167,17 @@ def test_max_queue_size_bounds_everything_pending_parked_retries_included(
     assert_balanced(stats)
 
 
-class ClosingWhileIdleServer:
+class ClosingWhileIdleServer(RawServer):
     """Answers the first request on each connection; the next one on it is read and left
     unanswered, the connection closed, as a server whose idle timeout runs out just as a
     request arrives. Records the events of the requests it answered."""
 
     def __init__(self) -> None:
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/analytics"
         self.answered: list[str] = []
         self.closed_unanswered = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as stream:
             for answer in (True, False):
                 head = b""
@@ -205,9 +193,6 @@ class ClosingWhileIdleServer:
                     return
                 self.answered += [event["event_id"] for event in json.loads(body)["events"]]
                 conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 def test_a_request_on_a_connection_closed_while_idle_goes_again_at_once_at_no_cost(
