@@ -42,14 +42,13 @@ class SendingStopped(Exception):
 class Attempt:
     """One request in flight: when it must end, and the connection it runs on."""
 
-    __slots__ = ("_guard", "connection", "cut_off", "deadline", "reused")
+    __slots__ = ("_guard", "connection", "cut_off", "deadline")
 
     def __init__(self, guard: AttemptGuard, deadline: float) -> None:
         self._guard = guard
         self.deadline = deadline
         self.connection: Optional[HTTPConnection] = None
         self.cut_off: Optional[str] = None  # TIMED_OUT or STOPPED, once cut off
-        self.reused = False  # its last request went out on a kept-alive connection
 
     def bind(self, connection: HTTPConnection) -> None:
         """Note the connection in use; shut it at once if this attempt was already cut off."""
@@ -173,9 +172,6 @@ class _GuardedConnectionMixin:
         self._bind()
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        attempt: Optional[Attempt] = getattr(_current, "attempt", None)
-        if attempt is not None:
-            attempt.reused = self.sock is not None
         self._bind()  # a kept-alive connection is not connected again
         self._held_head = None
         super().request(*args, **kwargs)  # type: ignore[misc]

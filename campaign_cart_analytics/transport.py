@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import gzip
-import http.client
 import logging
 import platform
 import ssl
@@ -96,13 +95,13 @@ class Transport:
         }
         self._session.headers.update(self._static_headers)
         self._secrets = secrets_of(config.endpoint, self._static_headers.values())
-        _hide_in_urllib3_logs(config.endpoint)
         if config.client_cert is not None:
             self._session.cert = config.client_cert
         # All but the body and per-batch headers is the same for every batch: prepare it
         # once (session headers, URL credentials, .netrc, proxy and TLS settings from the
         # environment). session.post() would read the environment again for each batch.
         self._template = self._prepare_template()
+        _hide_in_urllib3_logs(self._template)
         # An explicit verify wins over REQUESTS_CA_BUNDLE; True leaves the environment's.
         # So does this client's proxy over HTTPS_PROXY; without one, the environment's.
         self._settings: dict[str, Any] = dict(
@@ -155,8 +154,6 @@ class Transport:
         try:
             with self._guard.attempt(timeout) as attempt, _otel.suppressed():
                 answer = self._exchange(request, timeout, secrets)
-                if _closed_while_idle(answer, attempt):  # once more, on a new connection
-                    answer = self._exchange(request, timeout, secrets)
         except SendingStopped:
             return Answer("cut_short", problem="shutdown deadline passed")
         return _explain_cut(answer, attempt, timeout, self._clock.gave_up())
@@ -175,6 +172,12 @@ class Transport:
                 preload_content=False,  # the status is the verdict: the body is read after
                 decode_content=True,
             )  # fmt: skip
+        except UnicodeEncodeError:  # config checks the endpoint's and proxy=, not HTTPS_PROXY's
+            return Answer(
+                "fatal",
+                problem="the proxy's credentials from the environment (HTTP_PROXY, HTTPS_PROXY) "
+                "hold characters beyond Latin-1, which HTTP Basic auth cannot carry",
+            )
         except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
             problem = describe_error(exc, timeout)
             if _find_cause(exc, ssl.SSLCertVerificationError) is not None:
@@ -267,15 +270,14 @@ class _HideOurQueries(logging.Filter):
 _urllib3_filter = _HideOurQueries()
 
 
-def _hide_in_urllib3_logs(endpoint: str) -> None:
-    parts = urllib.parse.urlsplit(endpoint)
-    if not parts.query:
+def _hide_in_urllib3_logs(prepared: requests.PreparedRequest) -> None:
+    """urllib3 logs the URL it is given, as requests prepared it (its path and query, or
+    through a proxy the whole URL without credentials): hide that one's query values."""
+    url = prepared.url or ""
+    if "?" not in url:
         return
-    logged = f"{parts.path or '/'}?{parts.query}"
-    _urllib3_filter.shown[logged] = redact_url(logged)
-    # Through a proxy, urllib3 logs the whole URL (without credentials or fragment).
-    whole = urldefragauth(endpoint)
-    _urllib3_filter.shown[whole] = redact_url(whole)
+    for logged in (prepared.path_url, urldefragauth(url)):
+        _urllib3_filter.shown[logged] = redact_url(logged)
     urllib3_log = logging.getLogger("urllib3.connectionpool")
     if _urllib3_filter not in urllib3_log.filters:
         urllib3_log.addFilter(_urllib3_filter)
@@ -299,22 +301,6 @@ def _without(secrets: tuple[str, ...], text: str) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
-
-
-def _closed_while_idle(answer: Answer, attempt: Attempt) -> bool:
-    """The request went out on a kept-alive connection that the server had closed (its
-    idle timeout ran out as the request left): it was not answered at all, and trying
-    again at once on a new connection costs the batch nothing. Go's HTTP client does the
-    same for requests that carry an Idempotency-Key, as every batch does."""
-    return (
-        answer.kind == "failed"
-        and attempt.reused
-        and attempt.cut_off is None
-        and _find_cause(answer.error, _CLOSED_UNANSWERED) is not None
-    )
-
-
-_CLOSED_UNANSWERED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 def _explain_cut(answer: Answer, attempt: Attempt, timeout: float, gave_up: bool) -> Answer:

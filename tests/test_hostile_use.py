@@ -183,13 +183,20 @@ def test_an_endpoint_that_echoes_the_token_does_not_get_it_logged(
 
 
 @pytest.mark.parametrize("through_a_proxy", [False, True])
+@pytest.mark.parametrize("query", [f"?token={SECRET}&x=1", f"?token={SECRET}|x~%7e"])
 def test_urllib3_debug_logs_do_not_show_the_endpoints_query_values(
-    make_client: Any, receiver: Receiver, caplog: pytest.LogCaptureFixture, through_a_proxy: bool
+    make_client: Any,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+    through_a_proxy: bool,
+    query: str,
 ) -> None:
+    # urllib3 logs the URL as requests prepared it (the second query is re-encoded), and
+    # through a proxy the whole URL.
     caplog.set_level(logging.DEBUG)  # the root logger at DEBUG, urllib3's lines included
-    proxy = Receiver()  # answers as a proxy would: urllib3 logs the whole URL then
+    proxy = Receiver()  # answers as a proxy would
     options = {"proxy": proxy.url.rsplit("/", 1)[0]} if through_a_proxy else {}
-    client = make_client(endpoint=receiver.url + f"?token={SECRET}&x=1", **options)
+    client = make_client(endpoint=receiver.url + query, **options)
     client.track("e")
     assert client.flush(timeout=5) is True
     proxy.close()

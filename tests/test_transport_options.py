@@ -219,3 +219,18 @@ def test_a_request_goes_out_in_one_write(receiver: Receiver, body: Any) -> None:
     assert write.endswith(b"\r\n\r\n" + (body or b""))
     assert receiver.requests[0].body == (body or b"")
     connection.close()
+
+
+def test_proxy_credentials_from_the_environment_beyond_latin_1_are_named_not_shown(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://user:SECRETĀ@127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    client = cca.Analytics(receiver.url, batch_size=1)
+    client.track("e")
+    assert client.flush(timeout=5) is False  # not retried: it cannot heal by itself
+    stats = client.stats()
+    assert stats.dropped_delivery == 1 and stats.retries == 0
+    assert "beyond Latin-1" in str(stats.last_error) and "SECRET" not in str(stats.last_error)
+    client.shutdown(timeout=1)
