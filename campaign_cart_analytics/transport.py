@@ -46,6 +46,7 @@ from ._logging import logger
 from ._version import __version__
 from .attempts import STOPPED, TIMED_OUT, Attempt, AttemptGuard, GuardedAdapter, SendingStopped
 from .config import Config, check_header_value, redact_url
+from .errors import ConfigError
 from .retry import OVERLOAD_STATUSES, RETRYABLE_STATUSES, retry_after_seconds
 from .shutdown_clock import ShutdownClock
 
@@ -129,7 +130,13 @@ class Transport:
         self._guard.stop()
 
     def _prepare_template(self) -> requests.PreparedRequest:
-        return self._session.prepare_request(requests.Request("POST", self._config.endpoint))
+        try:
+            return self._session.prepare_request(requests.Request("POST", self._config.endpoint))
+        except UnicodeEncodeError:  # config checked the URL's own; .netrc's come in here
+            raise ConfigError(
+                "endpoint: the credentials .netrc holds for its host have characters beyond "
+                "Latin-1, which HTTP Basic auth cannot carry"
+            ) from None
 
     def post(self, body: bytes, batch_id: str) -> Answer:
         """POST one batch body, once; never raises for HTTP or network trouble."""
@@ -175,8 +182,9 @@ class Transport:
         except UnicodeEncodeError:  # config checks the endpoint's and proxy=, not HTTPS_PROXY's
             return Answer(
                 "fatal",
-                problem="the proxy's credentials from the environment (HTTP_PROXY, HTTPS_PROXY) "
-                "hold characters beyond Latin-1, which HTTP Basic auth cannot carry",
+                problem="the proxy's credentials from the environment (HTTP_PROXY, HTTPS_PROXY, "
+                "ALL_PROXY or their lower-case forms) hold characters beyond Latin-1, which "
+                "HTTP Basic auth cannot carry",
             )
         except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
             problem = describe_error(exc, timeout)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+import socket
+import struct
 import sys
 import threading
 import time
@@ -9,7 +13,7 @@ import types
 from typing import Any
 
 import pytest
-from helpers import assert_balanced, wait_until
+from helpers import RawServer, assert_balanced, wait_until
 from receiver import Receiver, Reply
 
 import campaign_cart_analytics as cca
@@ -161,4 +165,48 @@ def test_max_queue_size_bounds_everything_pending_parked_retries_included(
         assert stats.queued <= 100, stats  # queued + in flight + parked
     stats = client.stats()
     assert stats.dropped_queue_full >= 900 and stats.queued == 100
+    assert_balanced(stats)
+
+
+class StoreThenResetServer(RawServer):
+    """Answers the first request on each connection; the next one on it is read, its events
+    kept, and the connection reset without a word."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+        self.resets = 0
+        super().__init__()
+
+    def handle(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as stream:
+            for answer in (True, False):
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = stream.readline(65536)
+                    if not line:
+                        return
+                    head += line
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+                events = json.loads(stream.read(length))["events"]
+                self.stored += [event["event_id"] for event in events]
+                if answer:
+                    conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+            self.resets += 1
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def test_without_retries_a_batch_the_server_took_and_never_answered_goes_once(
+    make_client: Any,
+) -> None:
+    # No answer on a kept-alive connection: the batch may or may not have been stored, and
+    # max_retries=0 says it is not sent again, not even behind the counters.
+    server = StoreThenResetServer()
+    client = make_client(endpoint=server.url, batch_size=2, max_retries=0)
+    ids = [client.track("e", {"i": i}) for i in range(20)]
+    assert client.flush(timeout=5) is False
+    server.close()
+    assert server.resets >= 1
+    assert sorted(server.stored) == sorted(ids)  # each once
+    stats = client.stats()
+    assert stats.retries == 0 and stats.dropped_delivery == 2 * server.resets
     assert_balanced(stats)

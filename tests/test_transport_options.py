@@ -234,3 +234,15 @@ def test_proxy_credentials_from_the_environment_beyond_latin_1_are_named_not_sho
     assert stats.dropped_delivery == 1 and stats.retries == 0
     assert "beyond Latin-1" in str(stats.last_error) and "SECRET" not in str(stats.last_error)
     client.shutdown(timeout=1)
+
+
+def test_netrc_credentials_beyond_latin_1_are_a_config_error_that_shows_none(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login user password pw€SECRET\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    with pytest.raises(cca.ConfigError, match="netrc") as caught:
+        cca.Analytics(receiver.url)
+    assert "SECRET" not in str(caught.value) and "beyond Latin-1" in str(caught.value)
