@@ -26,7 +26,7 @@ import platform
 import ssl
 import threading
 import urllib.parse
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import attrs
 import requests
@@ -351,11 +351,8 @@ def _body_start(body: bytes, limit: int = 200) -> str:
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
-def _find_cause(
-    exc: Optional[BaseException], kind: Union[type[BaseException], tuple[type[BaseException], ...]]
-) -> Optional[BaseException]:
-    """The first exception of ``kind`` (a type or types) in ``exc``, its args, reasons and
-    causes."""
+def _find_cause(exc: BaseException, kind: type[BaseException]) -> Optional[BaseException]:
+    """The first exception of ``kind`` in ``exc``, its args, reasons and causes."""
     seen: set[int] = set()
     todo: list[Any] = [exc]
     while todo:

@@ -106,7 +106,7 @@ class Worker:
         )
         self._follow_on_lock = threading.Lock()
         self._may_follow_on = False  # published by this thread, read by senders (see _follow_on)
-        self._sending: dict[Job, float] = {}  # requests out now, when each started; that lock
+        self._sending: set[Job] = set()  # requests out now (see started_at); that lock
         self._endpoint_waits = False  # the last request answered waited (QUICK_WAIT); that lock
         self._answers: collections.deque[tuple[Job, Answer]] = collections.deque()
         self._parked: list[Job] = []
@@ -132,7 +132,7 @@ class Worker:
     def _answered(self, job: Job, answer: Answer) -> None:
         """Called by a sender thread: queue the answer and wake the loop."""
         with self._follow_on_lock:
-            self._sending.pop(job, None)
+            self._sending.discard(job)
             self._endpoint_waits = job.waited >= QUICK_WAIT
             if answer.kind != "delivered":  # an overload or failure: senders stop going on alone
                 self._may_follow_on = False
@@ -155,7 +155,7 @@ class Worker:
     def _take_following(self, job: Job) -> Optional[Job]:
         now = time.monotonic()
         with self._follow_on_lock:
-            self._sending.pop(job, None)
+            self._sending.discard(job)
             self._endpoint_waits = job.waited >= QUICK_WAIT
             if not self._may_follow_on or self._clock.waits_until is not None:
                 return None
@@ -167,7 +167,7 @@ class Worker:
             self._gate.started(now)
             following = self._new_job(batch, now)
             following.started_at = now
-            self._sending[following] = now
+            self._sending.add(following)
         return following
 
     def _settle_delivered(self, job: Job, answer: Answer) -> None:
@@ -238,19 +238,19 @@ class Worker:
         (the last request waited on the endpoint, or an overload, retries or a shutdown
         under way) as many as the gate lets through."""
         with self._follow_on_lock:
-            starts = list(self._sending.values())
+            sending = len(self._sending)
             endpoint_waits = self._endpoint_waits
         if not self._may_follow_on or endpoint_waits:
             return self._config.max_concurrent_requests
-        if not starts:
+        if not sending:
             return 1
-        return len(starts) if now - max(starts) >= SLOW_REQUEST else 0
+        return 0 if self._wait_for_senders(now) is not None else sending
 
     def _wait_for_senders(self, now: float) -> Optional[float]:
         """Until when new batches are left to the senders in flight (``_new_slots``: until
         the youngest request has been out ``SLOW_REQUEST``); None: no such wait."""
         with self._follow_on_lock:
-            youngest = max(self._sending.values(), default=None)
+            youngest = max((job.started_at for job in self._sending), default=None)
             if not self._may_follow_on or self._endpoint_waits:
                 return None
         if youngest is None or now - youngest >= SLOW_REQUEST:
@@ -273,7 +273,7 @@ class Worker:
         job.started_at = now
         self._gate.started(now)
         with self._follow_on_lock:
-            self._sending[job] = now
+            self._sending.add(job)
         self._senders.submit(job)
 
     def _opens_at(self, now: float) -> Optional[float]:
