@@ -7,9 +7,10 @@
 answers the latest N events oldest first, ``?after=CURSOR&limit=N`` those received
 after the cursor, and every answer carries ``next``. ``cursor=False`` speaks as a
 receiver without paging: the latest N, no ``next``, ``after`` ignored. Events are
-added straight into memory (``add``), and ``fail_with`` makes every answer an error
-until it is cleared, ``stats_take`` slows ``/stats`` down, so that the page's two ways of polling and its handling of a
-failing receiver are tested whatever the reference receiver speaks.
+added straight into memory (``add``); ``fail_with`` makes every answer of
+``failing_paths`` an error until it is cleared; ``stats_take`` slows ``/stats`` down.
+So the page's two ways of polling and its handling of a failing receiver are tested
+whatever the reference receiver speaks.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class PagedReceiver:
     def __init__(self, *, cursor: bool) -> None:
         self.cursor = cursor
         self.fail_with: Optional[int] = None
+        self.failing_paths = ("/events", "/stats")  # those that fail_with fails
         self.stats_take = 0.0  # seconds GET /stats takes, as counting a big store does
         self.stats_asked = 0
         self.queries: list[dict[str, str]] = []  # of each GET /events, in order
@@ -81,12 +83,13 @@ class PagedReceiver:
         path = environ["PATH_INFO"]
         if path in live.PATHS:
             return live.serve(environ, start_response)
-        if self.fail_with is not None:
+        if self.fail_with is not None and path in self.failing_paths:
             return _json(start_response, self.fail_with, {"error": "the store is down"})
         if path == "/stats":
+            with self._lock:
+                self.stats_asked += 1  # as asked, before the answer
             time.sleep(self.stats_take)
             with self._lock:
-                self.stats_asked += 1
                 return _json(start_response, 200, {"events": len(self._events), "batches": 0,
                              "duplicates": 0, "rejected_requests": 0, "by_event": {}})  # fmt: skip
         query = {name: values[0] for name, values in parse_qs(environ["QUERY_STRING"]).items()}

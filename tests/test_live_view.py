@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -375,6 +376,30 @@ def test_after_a_failing_or_emptied_receiver_the_page_catches_up(
     failing.add(event("fresh_0"), event("fresh_1"))  # its cursors start again from 0
     wait_rows(page, 203, timeout=15_000)  # seen by the counters, asked every 30 polls at most
     assert shown_names(page)[:3] == ["fresh_1", "fresh_0", "after"]
+
+
+def test_counters_overtaken_by_a_failure_are_asked_again_on_recovery(
+    context: Any, failing: PagedReceiver
+) -> None:
+    failing.stats_take = 0.05  # asked at most once a second: 20 times what they take
+    failing.failing_paths = ("/events",)  # the counters still answer, after the poll failed
+    page, _ = open_live(context, failing.base)
+    wait_state(page, "live")  # counted 0 events
+    failing.fail_with = 503
+    wait_state(page, "error")
+    failing.add(*(event(f"during_{n}") for n in range(3)))
+    asked, deadline = failing.stats_asked, time.monotonic() + 5
+    while failing.stats_asked == asked:  # a failing poll's counters are out: they will answer
+        assert time.monotonic() < deadline, "the counters were not asked while polls failed"
+        time.sleep(0.002)
+    asked = failing.stats_asked
+    failing.fail_with = None
+    wait_rows(page, 3)
+    assert failing.stats_asked > asked  # the poll that recovered counted again: 3, not 0
+    failing.reset()  # so that a restart on an empty store, refilled at once, is still seen
+    failing.add(*(event(f"fresh_{n}") for n in range(2)))
+    wait_rows(page, 5, timeout=5_000)
+    assert shown_names(page)[:2] == ["fresh_1", "fresh_0"]
 
 
 def test_slow_counters_are_asked_for_less_often(context: Any, failing: PagedReceiver) -> None:

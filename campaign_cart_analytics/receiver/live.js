@@ -138,11 +138,15 @@
   // Counting is a full scan of the receiver's store, so the counters are asked for at most
   // once in twenty times as long as they last took (a big store spends 5% on this page), and
   // at least every 30 polls (30 s at the default), so that they never go stale for long.
+  // An answer that a failure or a new filter overtook (they ask for the counters now) leaves
+  // the next ask where they put it: else the count the page compares with, to see a receiver
+  // restarted on an empty store, could be one from before the failure.
   async function statsIfDue() {
     const started = performance.now();
     if (started < statsDue) return null;
+    const asked = (statsDue = started + 30 * INTERVAL_MS);
     const stats = await getJSON("stats");
-    statsDue = started + Math.min(20 * (performance.now() - started), 30 * INTERVAL_MS);
+    if (statsDue === asked) statsDue = started + Math.min(20 * (performance.now() - started), 30 * INTERVAL_MS);
     return stats;
   }
 
