@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -33,54 +32,21 @@ from .config import (
     unknown_option,
 )
 from .context import EventContext, Provider
-from .errors import QueueFullError, ShutdownDropError, TransformError
+from .errors import QueueFullError, ShutdownDropError
 from .events import (
     EventFactory,
     UnencodableValue,
-    copy_tree,
     decode_for_report,
     encode,
-    envelope_problem,
-    find_unencodable,
 )
 from .flushing import Flushing, in_thread
-from .pending import PendingEvents
-from .shutdown_clock import ShutdownClock
-from .spool import SpooledEvents
+from .process_state import WARNING_INTERVAL, ProcessState
 from .stats import Stats
-from .transport import Transport
-from .worker import Worker, report_error
+from .worker import report_error
 
 #: At a shutdown that ran out of time, how long to let on_error calls already under way
 #: in the delivery thread finish (at exit, the thread would be cut off half way).
 REPORT_GRACE = 1.0
-
-#: How often the same warning (queue full, transform failing) may be logged, in seconds.
-WARNING_INTERVAL = 10.0
-
-
-class _ProcessState:
-    """Everything a client owns that must not cross ``os.fork()``: queue, thread, session."""
-
-    def __init__(self, config: Config) -> None:
-        self.pid = os.getpid()
-        self.pending: PendingEvents
-        if config.spool_path is not None:  # durable: the worker drains it the same way
-            self.pending = SpooledEvents(config)
-        else:
-            self.pending = PendingEvents(
-                batch_size=config.batch_size,
-                max_size=config.max_queue_size,
-                interval=config.batch_interval_ms / 1000,
-            )
-        self.clock = ShutdownClock()
-        self.transport = Transport(config, self.clock)
-        self.worker = Worker(config, self.pending, self.transport, self.clock)
-        self.thread: Optional[threading.Thread] = None
-        self.thread_running = threading.Event()  # cheaper for track() than thread.is_alive()
-        self.start_lock = threading.Lock()
-        self.queue_full_log = RateLimitedLog(WARNING_INTERVAL)
-        self.transform_log = RateLimitedLog(WARNING_INTERVAL)
 
 
 class Analytics:
@@ -171,7 +137,7 @@ class Analytics:
             spool_max_pause_ms=spool_max_pause_ms,
         )
         self._events = EventFactory()
-        self._state = _ProcessState(self.config)
+        self._state = ProcessState(self.config)
         self._context = EventContext()
         self._shut_down = False  # once set, in this process and any forked from it
         self._delivery_thread_log = RateLimitedLog(WARNING_INTERVAL)
@@ -227,14 +193,14 @@ class Analytics:
         envelope = self._events.envelope(event, self._context.apply(properties))
         final = envelope
         if self.config.transform_function is not None:
-            transformed = self._transform(envelope, state.pending)
+            transformed = state.transform.apply(envelope, state.pending)
             if transformed is None:
                 return None
             final = transformed
         try:
             text = encode(final)
         except UnencodableValue as problem:
-            self._unencodable(event, properties, problem, state.pending, final)
+            state.transform.blame_unencodable(event, properties, problem, state.pending, final)
             return None
 
         refused = state.pending.put(text)
@@ -244,71 +210,6 @@ class Analytics:
         self._ensure_worker(state)
         event_id = final.get("event_id")
         return event_id if isinstance(event_id, str) else str(envelope["event_id"])
-
-    def _transform(
-        self, envelope: dict[str, Any], pending: PendingEvents
-    ) -> Optional[dict[str, Any]]:
-        transform = self.config.transform_function
-        assert transform is not None
-        try:
-            result: object = transform(copy_tree(envelope))
-        except Exception as exc:
-            error = TransformError(f"transform_function raised {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-            self._transform_failed(envelope, error, pending, exc_info=exc)
-            return None
-        if result is None:
-            pending.refuse("filtered")
-            return None
-        if not isinstance(result, dict):
-            error = TransformError(
-                f"transform_function must return a dict or None; got {type(result).__name__}"
-            )
-            self._transform_failed(envelope, error, pending)
-            return None
-        problem = envelope_problem(result)
-        if problem is not None:  # a receiver would refuse the whole batch for it
-            self._transform_failed(
-                envelope, TransformError(f"transform_function {problem}"), pending
-            )
-            return None
-        return result
-
-    def _transform_failed(
-        self,
-        event: dict[str, Any],
-        error: TransformError,
-        pending: PendingEvents,
-        exc_info: Optional[BaseException] = None,
-    ) -> None:
-        pending.refuse("dropped_transform_error")
-        self._state.transform_log.log(
-            logging.ERROR, "Event %r dropped: %s", event.get("event"), error, exc_info=exc_info
-        )
-        report_error(self.config, [event], error)
-
-    def _unencodable(
-        self,
-        name: str,
-        properties: Mapping[str, Any],
-        problem: UnencodableValue,
-        pending: PendingEvents,
-        final: dict[str, Any],
-    ) -> None:
-        """Raise if the caller's own value is to blame; else the transform broke the event."""
-        bad_name = find_unencodable(name, "event")
-        if bad_name is not None:
-            raise bad_name from None
-        if self.config.transform_function is None:
-            raise UnencodableValue("properties" + problem.path, problem.reason) from None
-        callers = find_unencodable(properties, "properties")
-        if callers is not None:
-            raise callers from None
-        error = TransformError(
-            f"transform_function returned a value JSON cannot carry: event{problem.path}: "
-            f"{problem.reason}"
-        )
-        self._transform_failed(final, error, pending)
 
     def _refused(self, counter: str, event: dict[str, Any]) -> None:
         if counter in ("dropped_queue_full", "dropped_spool_full"):
@@ -330,26 +231,9 @@ class Analytics:
         )
         report_error(self.config, [event], error)
 
-    def _ensure_worker(self, state: _ProcessState) -> None:
-        if state.thread_running.is_set():
-            return
-        with state.start_lock:
-            if state.thread_running.is_set():
-                return
-            if state.thread is not None:
-                logger.warning("The delivery thread had stopped; starting a new one")
-            thread = threading.Thread(
-                target=_deliver, args=(state,), name="campaign-cart-analytics", daemon=True
-            )
-            state.thread_running.set()
-            try:
-                thread.start()
-            except RuntimeError:  # no threads at interpreter shutdown, or none left
-                state.thread_running.clear()
-                logger.exception("Cannot start the delivery thread; events stay queued")
-                return
-            state.thread = thread
-        _lifecycle.started(self)
+    def _ensure_worker(self, state: ProcessState) -> None:
+        if not state.thread_running.is_set() and state.start_worker():
+            _lifecycle.started(self)
 
     # ------------------------------------------------------------ context
 
@@ -488,18 +372,10 @@ class Analytics:
         A client shut down before the fork stays shut down in the child.
         """
         self._events.reset_for_process()
-        self._state = _ProcessState(self.config)
+        self._state = ProcessState(self.config)
         self._warned_closed = False
         if self._shut_down:
             self._state.pending.close()
-
-
-def _deliver(state: _ProcessState) -> None:
-    """The delivery thread's body: the worker's loop, and a mark when it ends, however."""
-    try:
-        state.worker.run()
-    finally:
-        state.thread_running.clear()
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:
