@@ -188,6 +188,9 @@ def _check_endpoint(_instance: Any, _attribute: attrs.Attribute[Any], value: Any
 _ENDPOINT_RULE = "an absolute http:// or https:// URL with a host"
 
 
+_BROKEN_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def endpoint_problem(url: str) -> Optional[str]:
     """What keeps ``url`` from being an endpoint, in words that show no part of it; or None."""
     if url != url.strip() or any(ord(char) < 0x21 or char == "\x7f" for char in url):
@@ -203,6 +206,8 @@ def endpoint_problem(url: str) -> Optional[str]:
         return "it has no host"
     if port == 0:
         return "port 0 cannot be connected to"
+    if _BROKEN_ESCAPE.search(url):  # requests would re-quote every % in it: another URL
+        return "a % is not followed by two hex digits (write a literal % as %25)"
     try:  # what requests itself will refuse when it prepares the first request
         requests_models.PreparedRequest().prepare_url(url, None)
     except Exception:

@@ -198,6 +198,9 @@ BAD_ENDPOINTS = [
     ("ftp://user:password@host/", "scheme"),
     ("https://user:password@☃.example/?token=SECRET", "host name"),
     ("https://user:SECRETĀ@host/", "beyond Latin-1"),  # Basic auth is Latin-1
+    ("https://host/a?token=SECRET%zz", "not followed by two hex digits"),  # all re-quoted
+    ("https://host/a?token=SECRET%2", "not followed by two hex digits"),
+    ("https://host/50%/a?token=SECRET", "not followed by two hex digits"),
 ]
 
 

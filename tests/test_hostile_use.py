@@ -205,6 +205,18 @@ def test_urllib3_debug_logs_do_not_show_the_endpoints_query_values(
     assert SECRET not in caplog.text
 
 
+def test_percent_escapes_in_the_endpoint_reach_it_as_written(
+    make_client: Any, receiver: Receiver
+) -> None:
+    # A token holding "+", "/", "=" or "%" must be escaped; the escapes must not be undone or
+    # escaped again on the way (a broken one is refused: see test_edges.BAD_ENDPOINTS).
+    path_and_query = "/in%20box/a?token=a%2Bb%2Fc%3D%25d&sig=x%26y"
+    client = make_client(endpoint=receiver.url.rsplit("/", 1)[0] + path_and_query)
+    client.track("e")
+    assert client.flush(timeout=5) is True
+    assert [request.path for request in receiver.requests] == [path_and_query]
+
+
 def test_a_bare_query_value_is_hidden_too() -> None:
     assert redact_url(f"https://h/a?{SECRET}") == "https://h/a?***"
     assert redact_url(f"https://h/a?a=1&{SECRET}") == "https://h/a?a=***&***"
