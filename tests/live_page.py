@@ -67,3 +67,16 @@ def events_queries(requests: list[Any]) -> list[dict[str, str]]:
         if path.endswith("/events"):
             queries.append(dict(pair.split("=", 1) for pair in query.split("&") if pair))
     return queries
+
+
+def set_hidden(page: Any, hidden: bool) -> None:
+    """Hide or show the tab: headless Chromium hides none, so the page is told so."""
+    page.evaluate(
+        """hidden => {
+            Object.defineProperty(document, 'hidden', {configurable: true, get: () => hidden});
+            Object.defineProperty(document, 'visibilityState',
+                                  {configurable: true, get: () => hidden ? 'hidden' : 'visible'});
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""",
+        hidden,
+    )

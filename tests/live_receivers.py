@@ -77,6 +77,12 @@ class PagedReceiver:
         with self._lock:
             self._events.clear()
 
+    def restart_with(self, *events: dict[str, Any]) -> None:
+        """Forget every event and hold ``events`` at once: a receiver restarted on an empty
+        store that was sent these before the page looked again."""
+        with self._lock:
+            self._events[:] = events
+
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:

@@ -28,7 +28,16 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from live_page import ROWS, events_queries, json_view, shown_names, wait_rows, wait_state, wait_text
+from live_page import (
+    ROWS,
+    events_queries,
+    json_view,
+    set_hidden,
+    shown_names,
+    wait_rows,
+    wait_state,
+    wait_text,
+)
 from live_receivers import PagedReceiver, ReceiveCommand, event, post
 
 from campaign_cart_analytics.receiver import LocalServer, create_app, live, serve
@@ -419,18 +428,7 @@ def test_a_hidden_tab_stops_polling_until_it_is_shown(context: Any, receiver: Lo
     watched = len(requests)  # from here on, each request's end is seen
     wait_state(page, "live")
 
-    def set_hidden(hidden: bool) -> None:  # headless Chromium hides no tab: the page is told so
-        page.evaluate(
-            """hidden => {
-                Object.defineProperty(document, 'hidden', {configurable: true, get: () => hidden});
-                Object.defineProperty(document, 'visibilityState',
-                                      {configurable: true, get: () => hidden ? 'hidden' : 'visible'});
-                document.dispatchEvent(new Event('visibilitychange'));
-            }""",
-            hidden,
-        )
-
-    set_hidden(True)
+    set_hidden(page, True)
     wait_state(page, "paused")
     for _ in range(500):  # a poll in flight when hidden still lands: wait for its answers
         if all(request in answered for request in requests[watched:]):
@@ -440,6 +438,55 @@ def test_a_hidden_tab_stops_polling_until_it_is_shown(context: Any, receiver: Lo
     post(base_of(receiver), [event("while_hidden")])
     page.wait_for_timeout(5 * INTERVAL_MS)
     assert len(requests) == asked and page.locator(ROWS).count() == 0
-    set_hidden(False)
+    set_hidden(page, False)
     wait_rows(page, 1)
     wait_state(page, "live")
+
+
+# ---------------------------------------------------------------- counters that fail, stores that refill
+
+
+def test_failing_counters_do_not_hold_back_the_events(context: Any, failing: PagedReceiver) -> None:
+    page, _ = open_live(context, failing.base)
+    wait_state(page, "live")
+    failing.failing_paths = ("/stats",)  # a count past PostgreSQL's statement timeout: 503
+    failing.fail_with = 503  # while /events, an indexed read, answers
+    wait_text(page, "#status", "503: the store is down")  # a count was refused
+    failing.add(event("while_counting_fails"))
+    wait_rows(page, 1)  # the events answered: shown, whatever the counters said
+    wait_state(page, "live")
+    expect(page.locator("#status")).to_contain_text("the counters failed (503: the store is down)")
+    assert page.locator("#stat-events").text_content() == "0"  # the counters shown are kept
+    failing.fail_with = None  # counted again within 30 polls, and said so
+    wait_text(page, "#stat-events", "1")
+    expect(page.locator("#status")).to_have_text(f"Live: polling every {INTERVAL_MS / 1000} s.")
+
+
+def test_a_restart_refilled_to_the_old_count_before_the_counters_looked_is_caught_up(
+    context: Any, failing: PagedReceiver
+) -> None:
+    failing.stats_take = 0.05  # counters asked about once a second, as on a big store
+    page, _ = open_live(context, failing.base)
+    failing.add(*(event(f"old_{n}") for n in range(5)))
+    wait_rows(page, 5)
+    wait_text(page, "#stat-events", "5")  # the page compares with 5 from here on
+    failing.restart_with(*(event(f"fresh_{n}") for n in range(5)))  # between two polls
+    wait_rows(page, 10, timeout=10_000)
+    assert shown_names(page)[:5] == [f"fresh_{n}" for n in range(4, -1, -1)]
+
+
+def test_a_tab_shown_again_after_a_restart_that_refilled_past_the_old_count(
+    context: Any, failing: PagedReceiver
+) -> None:
+    page, _ = open_live(context, failing.base)
+    failing.add(*(event(f"old_{n}") for n in range(5)))
+    wait_rows(page, 5)
+    wait_text(page, "#stat-events", "5")
+
+    set_hidden(page, True)
+    wait_state(page, "paused")
+    page.wait_for_timeout(3 * INTERVAL_MS)  # any poll in flight has landed
+    failing.restart_with(*(event(f"fresh_{n}") for n in range(8)))  # hours later: more than before
+    set_hidden(page, False)
+    wait_rows(page, 13)
+    assert shown_names(page)[:8] == [f"fresh_{n}" for n in range(7, -1, -1)]

@@ -37,6 +37,14 @@
   let lastNames = "";
   let lastTotal = 0; // the receiver's count of stored events at the last poll
   let statsDue = 0; // performance.now() from which GET stats is asked again
+  let statsTrouble = ""; // why the last ask for the counters failed; "" once they answer
+  let resyncDue = 0; // performance.now() from which the latest events are asked for, not those after the cursor
+
+  class StatsFailure {
+    constructor(error) {
+      this.error = error;
+    }
+  }
 
   class HttpError extends Error {
     constructor(status, message) {
@@ -98,6 +106,7 @@
 
   function pollSoon() {
     statsDue = 0; // a new filter, token or look at the tab: counters as of now
+    resyncDue = 0; // and the latest events: the receiver may have restarted since, and refilled
     if (inFlight) again = true;
     else schedule(0);
   }
@@ -107,16 +116,26 @@
     if (document.hidden) return;
     inFlight = true;
     const mine = generation;
-    const paged = cursor !== null && !resync;
+    const started = performance.now();
+    const resyncAsked = resyncDue;
+    // Every 30 polls the latest events are asked for again (the rows shown de-duplicate them):
+    // a receiver restarted on an empty store that refilled to its old count before the counters
+    // looked is not seen by them, and its cursors may stay behind the page's for ever.
+    const paged = cursor !== null && !resync && started < resyncDue;
     let delay = INTERVAL_MS;
     try {
       const [page, stats] = await Promise.all([getJSON(eventsPath(paged)), statsIfDue()]);
       if (mine === generation) {
         delay = takeEvents(page, paged);
-        if (stats !== null && storeWasReset(stats)) delay = 0;
-        if (stats !== null) showStats(stats);
+        if (!paged && resyncDue === resyncAsked) resyncDue = started + 30 * INTERVAL_MS;
+        const counted = stats !== null && !(stats instanceof StatsFailure);
+        if (counted && storeWasReset(stats)) delay = 0;
+        if (counted) showStats(stats);
+        if (stats !== null) statsTrouble = counted ? "" : reason(stats.error);
         failures = 0;
-        setStatus("live", `Live: polling every ${INTERVAL_MS / 1000} s.`);
+        setStatus("live", statsTrouble
+          ? `Live: polling every ${INTERVAL_MS / 1000} s; the counters failed (${statsTrouble}) and are shown as they were.`
+          : `Live: polling every ${INTERVAL_MS / 1000} s.`);
         $("updated").textContent = `Updated ${clock(new Date())}.`;
       }
     } catch (error) {
@@ -145,9 +164,15 @@
     const started = performance.now();
     if (started < statsDue) return null;
     const asked = (statsDue = started + 30 * INTERVAL_MS);
-    const stats = await getJSON("stats");
-    if (statsDue === asked) statsDue = started + Math.min(20 * (performance.now() - started), 30 * INTERVAL_MS);
-    return stats;
+    try {
+      const stats = await getJSON("stats");
+      if (statsDue === asked) statsDue = started + Math.min(20 * (performance.now() - started), 30 * INTERVAL_MS);
+      return stats;
+    } catch (error) {
+      // The counters alone failed (a count past the store's statement timeout, or past
+      // REQUEST_TIMEOUT_MS): the events are still shown, and the counters asked in 30 polls.
+      return new StatsFailure(error);
+    }
   }
 
   // Adds a page of events; returns how long to wait before the next poll.
@@ -300,9 +325,13 @@
     } else if (error instanceof HttpError) {
       setStatus("error", `The receiver answered ${error.status}: ${error.message}. ${retry}`);
     } else {
-      const why = error && error.name === "AbortError" ? `no answer within ${REQUEST_TIMEOUT_MS / 1000} s` : "no connection";
-      setStatus("unreachable", `The receiver is unreachable (${why}). ${retry}`);
+      setStatus("unreachable", `The receiver is unreachable (${reason(error)}). ${retry}`);
     }
+  }
+
+  function reason(error) {
+    if (error instanceof HttpError) return `${error.status}: ${error.message}`;
+    return error && error.name === "AbortError" ? `no answer within ${REQUEST_TIMEOUT_MS / 1000} s` : "no connection";
   }
 
   function showNote(message) {
