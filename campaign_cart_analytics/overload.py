@@ -30,7 +30,9 @@ from typing import Optional
 #: Past this many requests a second, pacing is dropped: the endpoint keeps up again.
 UNPACED_RATE = 1000.0
 
-#: The slowest pace: one request every ten seconds.
+#: The slowest pace, one request every ten seconds, as a guard: the pace halves only when
+#: two requests started within the last second, so it stays at half a request a second or
+#: faster (a property test checks it), and a success adds one a second.
 SLOWEST_RATE = 0.1
 
 
@@ -49,6 +51,11 @@ class OverloadGate:
     def limit(self) -> int:
         """How many requests may be in flight now."""
         return 1 if self._probing else int(self._limit)
+
+    @property
+    def pace(self) -> Optional[float]:
+        """Request starts a second allowed now; None when they are not paced."""
+        return self._rate
 
     @property
     def paused_until(self) -> float:
