@@ -23,6 +23,7 @@ import errno
 import gzip
 import logging
 import platform
+import re
 import ssl
 import threading
 import urllib.parse
@@ -37,6 +38,7 @@ from urllib3.exceptions import (
     ConnectTimeoutError,
     NewConnectionError,
     ProtocolError,
+    ProxyError,
     ReadTimeoutError,
     SSLError,
 )
@@ -331,6 +333,7 @@ def _hint(status: int) -> str:
         503: " Service Unavailable",
         404: " (check the endpoint's path)",
         405: " (the endpoint does not accept POST)",
+        407: " (the proxy wants credentials: check proxy= or HTTP(S)_PROXY)",
     }
     return hints.get(status, "")
 
@@ -369,6 +372,9 @@ def _find_cause(exc: BaseException, kind: type[BaseException]) -> Optional[BaseE
 
 def describe_error(exc: BaseException, timeout: Optional[float] = None) -> str:
     """A network error in plain words, without URLs (they may carry secrets)."""
+    proxy = _find_cause(exc, ProxyError)
+    if isinstance(proxy, ProxyError):
+        return _proxy_problem(proxy, timeout)
     if _find_cause(exc, ReadTimeoutError) or isinstance(exc, requests.ReadTimeout):
         return f"no response within {timeout:g} s" if timeout else "read timed out"
     connect_failure = _find_cause(exc, NewConnectionError)
@@ -393,6 +399,19 @@ def describe_error(exc: BaseException, timeout: Optional[float] = None) -> str:
     if _find_cause(exc, ProtocolError):
         return "connection closed before a response"
     return type(exc).__name__
+
+
+def _proxy_problem(error: ProxyError, timeout: Optional[float]) -> str:
+    """What went wrong at the proxy: its refusal of the CONNECT tunnel, or reaching it."""
+    tunnel = re.search(r"Tunnel connection failed: ([0-9]{3})", str(error))
+    if tunnel is not None:
+        status = tunnel.group(1)
+        hint = _hint(int(status)) if status == "407" else ""
+        return f"the proxy refused the tunnel to the endpoint: HTTP {status}{hint}"
+    inner = getattr(error, "original_error", None)
+    if isinstance(inner, BaseException) and not isinstance(inner, ProxyError):
+        return f"at the proxy: {describe_error(inner, timeout)}"
+    return "the proxy failed"
 
 
 def _verify_message(error: ssl.SSLCertVerificationError) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Errors, RawServer
 from receiver import Receiver, refused_url
 
 import campaign_cart_analytics as cca
@@ -99,6 +101,53 @@ def test_a_proxy_per_client_wins_over_the_environment(
         client.shutdown(timeout=1)
     finally:
         proxy.close()
+
+
+class _ProxyWantingCredentials(RawServer):
+    """A proxy that answers every request, CONNECT or not, 407."""
+
+    def handle(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            conn.sendall(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                b"Proxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n"
+            )
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])  # a CONNECT tunnel, or a forwarded POST
+def test_a_proxy_wanting_credentials_is_named_in_the_error_without_secrets(scheme: str) -> None:
+    proxy, errors = _ProxyWantingCredentials(), Errors()
+    proxy_url = proxy.url.rsplit("/", 1)[0].replace("://", "://user:SECRETPW@")
+    try:
+        client = cca.Analytics(
+            f"{scheme}://endpoint.invalid/a?token=SECRETTOKEN",
+            proxy=proxy_url, max_retries=0, on_error=errors,
+        )  # fmt: skip
+        client.track("e")
+        assert client.flush(timeout=5) is False
+        problem = str(client.stats().last_error)
+        assert "407" in problem and "the proxy wants credentials" in problem, problem
+        assert "407" in str(errors.calls[0][1])
+        assert "SECRET" not in problem + str(errors.calls[0][1]) + repr(client)
+        client.shutdown(timeout=1)
+    finally:
+        proxy.close()
+
+
+def test_a_proxy_that_cannot_be_reached_is_named_in_the_error() -> None:
+    client = cca.Analytics(
+        "https://endpoint.invalid/a", proxy=refused_url().rsplit("/", 1)[0], max_retries=0
+    )
+    client.track("e")
+    assert client.flush(timeout=5) is False
+    assert "at the proxy: connection refused" in str(client.stats().last_error)
+    client.shutdown(timeout=1)
 
 
 @pytest.mark.parametrize(
