@@ -178,17 +178,34 @@ def _bool_option(_instance: Any, attribute: attrs.Attribute[Any], value: Any) ->
 def _check_endpoint(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str):
         raise _rule_error("endpoint", value, _ENDPOINT_RULE)
-    problem = endpoint_problem(value)
-    if problem is not None:
-        raise ConfigError(
-            f"endpoint must be {_ENDPOINT_RULE}; got {redact_url(value)!r}: {problem}"
-        )
+    _check_url("endpoint", _ENDPOINT_RULE, value)
 
 
 _ENDPOINT_RULE = "an absolute http:// or https:// URL with a host"
 
 
+def _check_url(option: str, rule: str, url: str) -> None:
+    problem = endpoint_problem(url)
+    if problem is None:
+        return
+    shown = redact_url(url)
+    if "%" in problem:  # the stray % may sit in a token of the path: scheme and host only
+        parts = urllib.parse.urlsplit(url)
+        shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
+    raise ConfigError(f"{option} must be {rule}; got {shown!r}: {problem}")
+
+
 _BROKEN_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _broken_escape_in(parts: urllib.parse.SplitResult) -> Optional[str]:
+    """The part of a URL holding a % that starts no two-hex-digit escape, or None."""
+    credentials, _, host = parts.netloc.rpartition("@")
+    for name, text in (("credentials", credentials), ("host", host), ("path", parts.path),
+                       ("query", parts.query), ("fragment", parts.fragment)):  # fmt: skip
+        if _BROKEN_ESCAPE.search(text):
+            return name
+    return None
 
 
 def endpoint_problem(url: str) -> Optional[str]:
@@ -206,8 +223,9 @@ def endpoint_problem(url: str) -> Optional[str]:
         return "it has no host"
     if port == 0:
         return "port 0 cannot be connected to"
-    if _BROKEN_ESCAPE.search(url):  # requests would re-quote every % in it: another URL
-        return "a % is not followed by two hex digits (write a literal % as %25)"
+    broken = _broken_escape_in(parts)
+    if broken is not None:  # requests would re-quote every % in the URL: another URL
+        return f"a % in its {broken} is not followed by two hex digits (write a literal % as %25)"
     try:  # what requests itself will refuse when it prepares the first request
         requests_models.PreparedRequest().prepare_url(url, None)
     except Exception:
@@ -266,9 +284,7 @@ def _check_proxy(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -
         return
     if not isinstance(value, str):
         raise _rule_error("proxy", value, rule)
-    problem = endpoint_problem(value)
-    if problem is not None:
-        raise ConfigError(f"proxy must be {rule}; got {redact_url(value)!r}: {problem}")
+    _check_url("proxy", rule, value)
 
 
 def _check_compression(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:

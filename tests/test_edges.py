@@ -200,7 +200,9 @@ BAD_ENDPOINTS = [
     ("https://user:SECRETĀ@host/", "beyond Latin-1"),  # Basic auth is Latin-1
     ("https://host/a?token=SECRET%zz", "not followed by two hex digits"),  # all re-quoted
     ("https://host/a?token=SECRET%2", "not followed by two hex digits"),
-    ("https://host/50%/a?token=SECRET", "not followed by two hex digits"),
+    ("https://host/50%/a?token=SECRET", "in its path is not followed by two hex digits"),
+    ("https://host/hooks/SECRET%zz", "in its path is not followed"),  # a webhook's token
+    ("https://user:SECRET%@host/a", "in its credentials is not followed"),
 ]
 
 
