@@ -189,15 +189,15 @@ def copy_tree(value: Any) -> Any:
     """A copy of the dicts, lists, tuples and sets in ``value``; leaves are shared.
 
     Hands the transform an event it may mutate without touching the caller's
-    objects. Much cheaper than ``copy.deepcopy`` for JSON-shaped data.
+    objects. Much cheaper than ``copy.deepcopy`` for JSON-shaped data. Tuples
+    and sets become lists, as they will be sent: a set's tuples copied as lists
+    could not stay in a set.
     """
     kind = type(value)
     if kind is dict or isinstance(value, Mapping):
         return {key: copy_tree(item) for key, item in value.items()}
-    if kind is list or kind is tuple:
+    if kind is list or kind is tuple or kind is set or kind is frozenset:
         return [copy_tree(item) for item in value]
-    if kind is set or kind is frozenset:
-        return {copy_tree(item) for item in value}
     return value
 
 

@@ -33,8 +33,9 @@ class EventTransform:
         """The event to queue, or None when it is dropped (and already counted and reported)."""
         transform = self._config.transform_function
         assert transform is not None
+        event = copy_tree(envelope)  # outside the try: a failure here is not the transform's
         try:
-            result: object = transform(copy_tree(envelope))
+            result: object = transform(event)
         except Exception as exc:
             error = TransformError(f"transform_function raised {type(exc).__name__}: {exc}")
             error.__cause__ = exc

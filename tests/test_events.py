@@ -362,6 +362,18 @@ def test_a_failing_transform_is_logged_counted_and_reported_not_raised(
         assert errors[0].exc_info is not None  # with its traceback
 
 
+def test_sets_of_tuples_reach_a_transform_and_the_endpoint_as_lists(
+    make_client: Any, receiver: Receiver
+) -> None:
+    seen: list[Any] = []
+    client = make_client(transform_function=lambda e: seen.append(e["pairs"]) or e)
+    client.track("e", {"pairs": {("sku", "1")}, "nested": frozenset({frozenset({1})})})
+    assert client.flush(timeout=5) is True
+    assert seen == [[["sku", "1"]]]
+    (event,) = receiver.delivered_events()
+    assert event["pairs"] == [["sku", "1"]] and event["nested"] == [[1]]
+
+
 def test_a_callers_bad_value_still_raises_when_a_transform_is_set(make_client: Any) -> None:
     client = make_client(transform_function=lambda e: e)
     with pytest.raises(TypeError, match=r"properties\['when'\]: object"):
