@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -44,8 +45,9 @@ from .process_state import WARNING_INTERVAL, ProcessState
 from .stats import Stats
 from .worker import report_error
 
-#: At a shutdown that ran out of time, how long to let on_error calls already under way
-#: in the delivery thread finish (at exit, the thread would be cut off half way).
+#: At a shutdown that ran out of time, how long to let on_error calls finish: those already
+#: under way in the delivery thread (at exit it would be cut off half way), and the one told
+#: of what is written off (a slow callback must not hold the process past its bound).
 REPORT_GRACE = 1.0
 
 
@@ -341,7 +343,7 @@ class Analytics:
                     batch_id="",
                     attempts=0,
                 )
-                report_error(self.config, decode_for_report(texts), error)
+                _report_for_at_most(REPORT_GRACE, self.config, decode_for_report(texts), error)
             state.pending.wait_for_reports(REPORT_GRACE)
         dropped = state.pending.stats().dropped_shutdown - dropped_before
         if dropped:
@@ -376,6 +378,27 @@ class Analytics:
         self._warned_closed = False
         if self._shut_down:
             self._state.pending.close()
+
+
+def _report_for_at_most(
+    grace: float, config: Config, events: list[dict[str, Any]], error: BaseException
+) -> None:
+    """``on_error(events, error)``, waited for at most ``grace`` seconds, in a thread of its
+    own where one can start (Python 3.12 starts none at interpreter exit: then inline)."""
+    if config.on_error is None:
+        return
+    reporter = threading.Thread(
+        target=report_error, args=(config, events, error), name="campaign-cart-analytics-report",
+        daemon=True,
+    )  # fmt: skip
+    try:
+        reporter.start()
+    except RuntimeError:
+        report_error(config, events, error)
+        return
+    reporter.join(grace)
+    if reporter.is_alive():
+        logger.warning("on_error has run %.1f s; the shutdown goes on without it", grace)
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:

@@ -75,5 +75,10 @@ class ProcessState:
         """The delivery thread's body: the worker's loop, and a mark when it ends, however."""
         try:
             self.worker.run()
+        except BaseException:  # the loop takes every Exception; this one is not (SystemExit)
+            logger.exception(
+                "The delivery thread ended; what is queued waits for the next track() or flush()"
+            )
+            raise
         finally:
             self.thread_running.clear()

@@ -47,7 +47,7 @@ import time
 from typing import Any, Optional
 
 from ._logging import RateLimitedLog, logger
-from ._threads import mark_as_delivery_thread
+from ._threads import in_delivery_thread, mark_as_delivery_thread
 from .config import Config, redact_url
 from .errors import DeliveryError, ShutdownDropError
 from .events import decode_for_report, new_batch_id
@@ -429,5 +429,9 @@ def report_error(config: Config, events: list[dict[str, Any]], error: BaseExcept
         return
     try:
         config.on_error(events, error)
-    except Exception:
-        logger.exception("on_error callback raised; delivery goes on")
+    except BaseException as exc:
+        if not isinstance(exc, Exception) and not in_delivery_thread():
+            raise  # SystemExit or KeyboardInterrupt in the application's own thread: its own
+        # In the delivery thread even SystemExit goes no further: it would end the thread,
+        # and a flush() waiting on it, silently.
+        logger.exception("on_error callback raised %s; delivery goes on", type(exc).__name__)

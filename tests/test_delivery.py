@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -223,6 +224,24 @@ def test_a_failing_on_error_does_not_stop_delivery(
     assert any(
         "on_error callback raised" in r.getMessage() and r.exc_info for r in sdk_logs.records
     )
+
+
+def test_sys_exit_in_on_error_ends_neither_delivery_nor_a_waiting_flush(
+    make_client: Any, receiver: Receiver, sdk_logs: pytest.LogCaptureFixture
+) -> None:
+    receiver.script(Reply(400))
+
+    def exits(events: Any, error: Any) -> None:
+        sys.exit("the callback's own idea of handling it")
+
+    client = make_client(on_error=exits, batch_size=1, max_concurrent_requests=1)
+    for name in ("refused", "then_1", "then_2"):
+        client.track(name)
+    started = time.monotonic()
+    assert client.flush(timeout=5) is False  # the refused event: a loss, told once
+    assert time.monotonic() - started < 3  # not the whole timeout: the thread went on
+    assert [e["event"] for e in receiver.delivered_events()] == ["then_1", "then_2"]
+    assert any("on_error callback raised SystemExit" in r.getMessage() for r in sdk_logs.records)
 
 
 def test_a_failing_header_callable_drops_the_batch_without_leaking(

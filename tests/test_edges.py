@@ -398,6 +398,43 @@ def test_on_error_gets_every_dropped_event_once_at_exit(receiver: Receiver, tmp_
     assert sorted(out.read_text().split()) == sorted(tracked)
 
 
+@pytest.mark.parametrize("at_exit", [False, True])
+def test_a_slow_on_error_does_not_hold_a_shutdown_past_its_bound(
+    receiver: Receiver, tmp_path: Path, at_exit: bool
+) -> None:
+    """on_error told of what a shutdown wrote off posts to a down alerting service: it gets
+    REPORT_GRACE (1 s), not as long as it takes."""
+    if at_exit and sys.version_info[:2] == (3, 12):
+        pytest.skip("Python 3.12 starts no thread at interpreter exit: on_error runs inline")
+    receiver.respond = lambda request: Reply(202, delay=3)
+    called = tmp_path / "called.txt"
+    script = textwrap.dedent(
+        f"""
+        import logging, time, campaign_cart_analytics as cca
+        logging.basicConfig()
+        def on_error(events, error):
+            with open({str(called)!r}, "a") as f:
+                f.write(f"{{len(events)}}\\n")
+            time.sleep(20)
+        client = cca.Analytics({receiver.url!r}, batch_size=5, shutdown_timeout_ms=300,
+                               on_error=on_error)
+        for _ in range(12):
+            client.track("e")
+        if {not at_exit!r}:
+            print(client.shutdown(timeout=0.3))
+        """
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert time.monotonic() - started < 4.0, result.stderr  # 0.3 s, 1 s of grace, start-up
+    assert result.returncode == 0, result.stderr
+    assert sum(map(int, called.read_text().split())) == 12  # every event, told
+    assert "the shutdown goes on without it" in result.stderr
+    assert result.stdout.strip() == ("" if at_exit else "False")
+
+
 def test_an_event_tracked_after_shutdown_reaches_on_error(
     make_client: Any, receiver: Receiver
 ) -> None:
