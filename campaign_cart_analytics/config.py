@@ -389,6 +389,17 @@ class Config:
                 f"{option_label('max_queue_size')} must be >= {option_label('batch_size')}; "
                 f"got {self.max_queue_size} < {self.batch_size}"
             )
+        if self.sets_authorization and any(requests_utils.get_auth_from_url(self.endpoint)):
+            # requests would send Basic auth from the URL in place of the header, unsaid
+            raise ConfigError(
+                "endpoint has credentials (user:password@) and headers has Authorization: "
+                "both set the Authorization header; keep one"
+            )
+
+    @property
+    def sets_authorization(self) -> bool:
+        """True when ``headers`` sets Authorization: it wins over a .netrc entry."""
+        return any(name.lower() == "authorization" for name in self.headers)
 
 
 def normalize_settings(settings: Mapping[str, Any]) -> dict[str, Any]:

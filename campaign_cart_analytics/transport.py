@@ -132,8 +132,13 @@ class Transport:
         self._guard.stop()
 
     def _prepare_template(self) -> requests.PreparedRequest:
+        # An Authorization header the user set is sent as set: an auth that changes nothing
+        # keeps requests from putting a .netrc entry's Basic auth in its place.
+        auth = _as_prepared if self._config.sets_authorization else None
         try:
-            return self._session.prepare_request(requests.Request("POST", self._config.endpoint))
+            return self._session.prepare_request(
+                requests.Request("POST", self._config.endpoint, auth=auth)
+            )
         except UnicodeEncodeError:  # config checked the URL's own; .netrc's come in here
             raise ConfigError(
                 "endpoint: the credentials .netrc holds for its host have characters beyond "
@@ -399,6 +404,10 @@ def describe_error(exc: BaseException, timeout: Optional[float] = None) -> str:
     if _find_cause(exc, ProtocolError):
         return "connection closed before a response"
     return type(exc).__name__
+
+
+def _as_prepared(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
 
 
 def _proxy_problem(error: ProxyError, timeout: Optional[float]) -> str:

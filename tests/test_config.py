@@ -198,12 +198,12 @@ def test_use_analytics_explains_a_malformed_shape(config: Any, message: str) -> 
 def test_repr_shows_endpoint_and_options_never_header_values() -> None:
     client = cca.Analytics(
         "https://user:pa55word@api.example.com/analytics?api_key=k3y",
-        headers={"Authorization": "Bearer s3cret", "X-Token": lambda: "t0ken"},
+        headers={"X-Api-Key": "Bearer s3cret", "X-Token": lambda: "t0ken"},
         batch_size=25,
         enabled=False,
     )
     text = repr(client)
     assert text.startswith("Analytics(endpoint='https://***@api.example.com/analytics?")
-    assert "batch_size=25" in text and "'Authorization': '***'" in text
+    assert "batch_size=25" in text and "'X-Api-Key': '***'" in text
     for secret in ("s3cret", "t0ken", "pa55word", "k3y"):
         assert secret not in text

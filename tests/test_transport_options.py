@@ -295,3 +295,31 @@ def test_netrc_credentials_beyond_latin_1_are_a_config_error_that_shows_none(
     with pytest.raises(cca.ConfigError, match="netrc") as caught:
         cca.Analytics(receiver.url)
     assert "SECRET" not in str(caught.value) and "beyond Latin-1" in str(caught.value)
+
+
+@pytest.mark.parametrize("callable_header", [False, True])
+def test_an_authorization_header_is_sent_as_set_whatever_netrc_holds(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, callable_header: bool
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login netrc-user password netrc-pw\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    token = "Bearer header-token"
+    header = (lambda: token) if callable_header else token
+    with_header = cca.Analytics(receiver.url, headers={"authorization": header})
+    without = cca.Analytics(receiver.url)  # .netrc is how it authenticates: Basic auth
+    for client in (with_header, without):
+        client.track("e")
+        assert client.flush(timeout=5) is True
+        client.shutdown(timeout=1)
+    sent = [request.headers["authorization"] for request in receiver.requests]
+    assert sent == [token, "Basic bmV0cmMtdXNlcjpuZXRyYy1wdw=="]  # netrc-user:netrc-pw
+
+
+def test_credentials_in_the_endpoint_and_an_authorization_header_are_refused() -> None:
+    with pytest.raises(cca.ConfigError, match="keep one") as caught:
+        cca.Analytics(
+            "https://user:SECRETPW@example.com/a", headers={"Authorization": "Bearer SECRETTOKEN"}
+        )
+    assert "SECRET" not in str(caught.value)
