@@ -286,6 +286,11 @@ class PendingEvents:
         with self._settled:
             self._settled.wait_for(lambda: self._reporting == 0, timeout)
 
+    def note_problem(self, problem: str) -> None:
+        """A delivery problem that costs no retry and loses nothing (an overload's pause)."""
+        with self._settled:
+            self._last_error = problem
+
     def count_retry(self, problem: str) -> None:
         with self._settled:
             self._counts["retries"] += 1

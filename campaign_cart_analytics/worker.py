@@ -359,6 +359,7 @@ class Worker:
             "one request at a time",
             answer.problem, pause,
         )  # fmt: skip
+        self._pending.note_problem(f"{answer.problem} (overloaded: sending paused)")
         self._park(job, now + pause, answer.problem, is_retry=False)
 
     def _park(self, job: Job, due: float, problem: str, *, is_retry: bool) -> None:

@@ -77,6 +77,8 @@ def test_an_overload_pauses_everything_and_costs_no_retry(
         client.track("during the pause", {"n": n})
     time.sleep(0.5)
     assert len(receiver.requests) == 1  # nobody goes out during the pause
+    assert f"HTTP {status}" in str(client.stats().last_error)  # said, though not a retry
+    assert "sending paused" in str(client.stats().last_error)
     assert client.flush(timeout=5) is True  # max_retries=0, and still delivered
     after = receiver.requests[1:]
     assert after[0].at - receiver.requests[0].at >= 0.95
