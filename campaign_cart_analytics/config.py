@@ -16,15 +16,14 @@ import difflib
 import os
 import re
 import types
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
 import attrs
-import requests.models as requests_models
 import requests.utils as requests_utils
 
 from .errors import ConfigError
+from .urls import redact_url, shown_url, url_problem
 
 HeaderValue = Union[str, Callable[[], str]]
 TransformFunction = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
@@ -80,27 +79,6 @@ def option_label(name: str) -> str:
     """``batch_size (batchSize)``: an option in both spellings, for messages."""
     seed = SEED_NAMES.get(name, name)
     return name if seed == name else f"{name} ({seed})"
-
-
-def redact_url(url: str) -> str:
-    """The URL with its credentials and query values replaced by ``***``, for logs and reprs.
-
-    Plain string work, no URL parser: a URL bad enough to be refused must be
-    shown safely too (``://user:pw@host`` has no netloc to a parser).
-    """
-    address, _, _fragment = url.partition("#")
-    base, question, query = address.partition("?")
-    base = _USERINFO.sub(lambda match: (match.group("head") or "") + "***@", base, count=1)
-    if question:
-        # A bare "?TOKEN" has no name to keep: all of it goes.
-        pairs = [pair.partition("=") for pair in query.split("&") if pair]
-        base += "?" + "&".join(f"{name}=***" if eq else "***" for name, eq, _ in pairs)
-    return base
-
-
-# Everything between "//" (or the start) and the last "@" of the authority: a user name
-# can be a token as much as a password can.
-_USERINFO = re.compile(r"^(?P<head>[^/?#@]*//)?[^/?#]*@")
 
 
 def check_header_value(name: str, value: object) -> str:
@@ -185,56 +163,9 @@ _ENDPOINT_RULE = "an absolute http:// or https:// URL with a host"
 
 
 def _check_url(option: str, rule: str, url: str) -> None:
-    problem = endpoint_problem(url)
-    if problem is None:
-        return
-    shown = redact_url(url)
-    if "%" in problem:  # the stray % may sit in a token of the path: scheme and host only
-        parts = urllib.parse.urlsplit(url)
-        shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
-    raise ConfigError(f"{option} must be {rule}; got {shown!r}: {problem}")
-
-
-_BROKEN_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-
-
-def _broken_escape_in(parts: urllib.parse.SplitResult) -> Optional[str]:
-    """The part of a URL holding a % that starts no two-hex-digit escape, or None."""
-    credentials, _, host = parts.netloc.rpartition("@")
-    for name, text in (("credentials", credentials), ("host", host), ("path", parts.path),
-                       ("query", parts.query), ("fragment", parts.fragment)):  # fmt: skip
-        if _BROKEN_ESCAPE.search(text):
-            return name
-    return None
-
-
-def endpoint_problem(url: str) -> Optional[str]:
-    """What keeps ``url`` from being an endpoint, in words that show no part of it; or None."""
-    if url != url.strip() or any(ord(char) < 0x21 or char == "\x7f" for char in url):
-        return "it holds white space or control characters"
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port  # raises for a port that is not a number from 0 to 65535
-    except ValueError as exc:
-        return "it cannot be parsed" + (" (a bad port)" if "port" in str(exc).lower() else "")
-    if parts.scheme not in ("http", "https"):
-        return "the scheme is not http or https"
-    if not parts.hostname:
-        return "it has no host"
-    if port == 0:
-        return "port 0 cannot be connected to"
-    broken = _broken_escape_in(parts)
-    if broken is not None:  # requests would re-quote every % in the URL: another URL
-        return f"a % in its {broken} is not followed by two hex digits (write a literal % as %25)"
-    try:  # what requests itself will refuse when it prepares the first request
-        requests_models.PreparedRequest().prepare_url(url, None)
-    except Exception:
-        return "requests cannot use it (check the host name)"
-    try:  # sent as HTTP Basic auth, which requests encodes as Latin-1
-        "".join(requests_utils.get_auth_from_url(url)).encode("latin-1")
-    except UnicodeEncodeError:
-        return "its credentials hold characters beyond Latin-1 (HTTP Basic auth)"
-    return None
+    problem = url_problem(url)
+    if problem is not None:
+        raise ConfigError(f"{option} must be {rule}; got {shown_url(url, problem)!r}: {problem}")
 
 
 def _check_verify(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:

@@ -47,10 +47,11 @@ from . import _otel
 from ._logging import logger
 from ._version import __version__
 from .attempts import STOPPED, TIMED_OUT, Attempt, AttemptGuard, GuardedAdapter, SendingStopped
-from .config import Config, check_header_value, redact_url
+from .config import Config, check_header_value
 from .errors import ConfigError
 from .retry import OVERLOAD_STATUSES, RETRYABLE_STATUSES, retry_after_seconds
 from .shutdown_clock import ShutdownClock
+from .urls import redact_url
 
 USER_AGENT = f"campaign-cart-analytics-python/{__version__} (Python {platform.python_version()})"
 

@@ -48,7 +48,7 @@ from typing import Any, Optional
 
 from ._logging import RateLimitedLog, logger
 from ._threads import in_delivery_thread, mark_as_delivery_thread
-from .config import Config, redact_url
+from .config import Config
 from .errors import DeliveryError, ShutdownDropError
 from .events import decode_for_report, new_batch_id
 from .overload import OverloadGate
@@ -57,6 +57,7 @@ from .retry import DeliveryRetry
 from .senders import Job, SenderPool
 from .shutdown_clock import ShutdownClock
 from .transport import Answer, Transport
+from .urls import redact_url
 
 #: Seconds the loop pauses after an unexpected error of its own, before going on.
 ERROR_PAUSE = 0.1

@@ -22,8 +22,8 @@ from receiver import Receiver, Reply
 
 import campaign_cart_analytics as cca
 from campaign_cart_analytics import events
-from campaign_cart_analytics.config import redact_url
 from campaign_cart_analytics.receiver import create_app, serve
+from campaign_cart_analytics.urls import redact_url
 
 SECRET = "sk_live_SECRET123"
 

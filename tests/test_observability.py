@@ -35,7 +35,8 @@ def test_no_header_value_or_password_reaches_any_log_record(
         client.track(name)
         client.flush(timeout=5)
     down_url = refused_url().replace("http://", "http://user:pa55word@") + "?key=s3cret-query"
-    down = cca.Analytics(down_url, headers=headers, retry_delay_ms=10, max_retries=1)
+    down_headers = {"X-Static": "Bearer s3cret-static", "X-Api-Key": lambda: "s3cret-callable"}
+    down = cca.Analytics(down_url, headers=down_headers, retry_delay_ms=10, max_retries=1)
     down.track("e")
     down.flush(timeout=5)
     client.shutdown(timeout=1)

@@ -17,9 +17,10 @@ import uuid
 
 import requests
 
-from ..config import Config, redact_url
+from ..config import Config
 from ..events import batch_body
 from ..transport import USER_AGENT, describe_error
+from ..urls import redact_url
 from ._common import add_header_argument, parse_headers
 
 NAME = "check"
