@@ -24,6 +24,9 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from ._logging import logger
+from .shutdown_clock import REPORT_GRACE
+
 if TYPE_CHECKING:
     from .client import Analytics
 
@@ -64,8 +67,14 @@ def shutdown_all_at_exit() -> None:
     deadlines = [now + client.config.shutdown_timeout_ms / 1000 for client in clients]
     for client, deadline in zip(clients, deadlines):
         client._begin_shutdown(waits_until=now, gives_up_at=deadline)
+    reports_until = max(deadlines, default=now) + REPORT_GRACE  # one for all, not one each
     for client, deadline in zip(clients, deadlines):
-        client._finish_shutdown(gives_up_at=deadline, reason="interpreter exit")
+        try:
+            client._finish_shutdown(
+                gives_up_at=deadline, reason="interpreter exit", reports_until=reports_until
+            )
+        except BaseException:  # one client's trouble must not leave the others' events unsaid
+            logger.exception("Shutting a client down at exit failed; the others go on")
 
 
 def _after_fork_in_child() -> None:

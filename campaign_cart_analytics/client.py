@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 
 from . import _lifecycle
 from ._logging import RateLimitedLog, logger
-from ._threads import in_delivery_thread
+from ._threads import in_delivery_thread, mark_as_delivery_thread
 from ._uwsgi import warn_if_threads_cannot_run
 from .config import (
     Config,
@@ -42,13 +42,9 @@ from .events import (
 )
 from .flushing import Flushing, in_thread
 from .process_state import WARNING_INTERVAL, ProcessState
+from .shutdown_clock import REPORT_GRACE
 from .stats import Stats
 from .worker import report_error
-
-#: At a shutdown that ran out of time, how long to let on_error calls finish: those already
-#: under way in the delivery thread (at exit it would be cut off half way), and the one told
-#: of what is written off (a slow callback must not hold the process past its bound).
-REPORT_GRACE = 1.0
 
 
 class Analytics:
@@ -326,7 +322,14 @@ class Analytics:
         state.clock.begin(waits_until=waits_until, gives_up_at=gives_up_at)
         state.pending.close()  # also wakes the worker, to plan with the deadlines
 
-    def _finish_shutdown(self, *, gives_up_at: Optional[float], reason: str) -> bool:
+    def _finish_shutdown(
+        self, *, gives_up_at: Optional[float], reason: str, reports_until: Optional[float] = None
+    ) -> bool:
+        """Wait for the flush a shutdown began; out of time, write off what is left.
+
+        ``reports_until``: when on_error calls must be let go (REPORT_GRACE after the
+        write-off, unless a shutdown of several clients at exit shares one).
+        """
         state = self._state
         dropped_before = state.pending.stats().dropped_shutdown
         settled, no_loss = state.pending.flush(_remaining(gives_up_at))
@@ -336,6 +339,8 @@ class Analytics:
             state.transport.stop_sending()
             problem = state.pending.stats().last_error or "the endpoint did not answer in time"
             texts = state.pending.write_off(f"{reason} ran out of time; before: {problem}")
+            if reports_until is None:
+                reports_until = time.monotonic() + REPORT_GRACE
             if texts:
                 error = ShutdownDropError(
                     f"{len(texts)} events were still undelivered at {reason}; "
@@ -343,8 +348,9 @@ class Analytics:
                     batch_id="",
                     attempts=0,
                 )
-                _report_for_at_most(REPORT_GRACE, self.config, decode_for_report(texts), error)
-            state.pending.wait_for_reports(REPORT_GRACE)
+                grace = _remaining(reports_until) or 0.0
+                _report_for_at_most(grace, self.config, decode_for_report(texts), error)
+            state.pending.wait_for_reports(_remaining(reports_until) or 0.0)
         dropped = state.pending.stats().dropped_shutdown - dropped_before
         if dropped:
             logger.warning(
@@ -388,17 +394,27 @@ def _report_for_at_most(
     if config.on_error is None:
         return
     reporter = threading.Thread(
-        target=report_error, args=(config, events, error), name="campaign-cart-analytics-report",
-        daemon=True,
+        target=_report_as_delivery, args=(config, events, error),
+        name="campaign-cart-analytics-report", daemon=True,
     )  # fmt: skip
     try:
         reporter.start()
-    except RuntimeError:
-        report_error(config, events, error)
+    except RuntimeError:  # Python 3.12 starts no thread at interpreter exit: inline, unbounded
+        try:
+            report_error(config, events, error)
+        except BaseException:  # SystemExit: the shutdown (of other clients too) goes on
+            logger.exception("on_error callback raised; the shutdown goes on")
         return
     reporter.join(grace)
     if reporter.is_alive():
         logger.warning("on_error has run %.1f s; the shutdown goes on without it", grace)
+
+
+def _report_as_delivery(config: Config, events: list[dict[str, Any]], error: BaseException) -> None:
+    """``report_error`` in a thread that stands in for the delivery thread: what the callback
+    raises, SystemExit included, is logged, and a flush() inside it does not wait."""
+    mark_as_delivery_thread()
+    report_error(config, events, error)
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:

@@ -28,7 +28,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Set
 from typing import Any, Callable, Optional
 
 try:
@@ -190,14 +190,16 @@ def copy_tree(value: Any) -> Any:
 
     Hands the transform an event it may mutate without touching the caller's
     objects. Much cheaper than ``copy.deepcopy`` for JSON-shaped data. Tuples
-    and sets become lists, as they will be sent: a set's tuples copied as lists
-    could not stay in a set.
+    and sets become lists, as they will be sent (a set sorted): a set's tuples
+    copied as lists could not stay in a set.
     """
     kind = type(value)
     if kind is dict or isinstance(value, Mapping):
         return {key: copy_tree(item) for key, item in value.items()}
-    if kind is list or kind is tuple or kind is set or kind is frozenset:
+    if kind is list or kind is tuple:
         return [copy_tree(item) for item in value]
+    if kind is set or kind is frozenset:
+        return [copy_tree(item) for item in _as_sent(value)]
     return value
 
 
@@ -243,11 +245,16 @@ def _encode_extra(value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, (set, frozenset)):
-        try:
-            return sorted(value)
-        except (TypeError, ArithmeticError):  # mixed types; a Decimal NaN refuses to compare
-            return list(value)
+        return _as_sent(value)
     raise TypeError(type(value).__name__)
+
+
+def _as_sent(items: Set[Any]) -> list[Any]:
+    """A set as a JSON array: sorted, so the same set is the same text in every process."""
+    try:
+        return sorted(items)
+    except (TypeError, ArithmeticError):  # mixed types; a Decimal NaN refuses to compare
+        return list(items)
 
 
 _ENCODER = json.JSONEncoder(

@@ -81,6 +81,9 @@ def url_problem(url: str) -> Optional[str]:
 def shown_url(url: str, problem: str) -> str:
     """``url`` as an error about ``problem`` may show it: without credentials and query
     values, and only its scheme and host when a stray % may sit in a token of its path."""
+    if problem.startswith("it cannot be parsed") and "@" in url:
+        # No authority was found: any of it may be a password holding "/", "?" or "#".
+        return url.partition("//")[0] + "//***"
     if "%" not in problem:
         return redact_url(url)
     parts = urllib.parse.urlsplit(url)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Errors, assert_balanced, wait_until
+from helpers import Errors, RawServer, assert_balanced, wait_until
 from receiver import Receiver, Reply
 
 import campaign_cart_analytics as cca
@@ -214,6 +214,18 @@ def test_a_bad_endpoint_is_a_config_error_that_shows_no_secret(url: str, problem
     assert message.startswith("endpoint must be an absolute http:// or https:// URL with a host")
     for secret in ("password", "SECRET", "token-as-user"):
         assert secret not in message
+
+
+@pytest.mark.parametrize("option", ["endpoint", "proxy"])
+@pytest.mark.parametrize("password", ["s3cr/etPW", "s3cr#etPW", "s3cr?etPW"])
+def test_a_password_holding_a_slash_hash_or_question_mark_is_never_shown(
+    option: str, password: str
+) -> None:
+    # Unescaped, it ends the authority early: no parser finds the password, so none is shown.
+    options = {"endpoint": "https://example.com/a", option: f"https://u:{password}@example.com/c"}
+    with pytest.raises(cca.ConfigError, match="cannot be parsed") as caught:
+        cca.Analytics(**options)
+    assert "s3cr" not in str(caught.value) and "etPW" not in str(caught.value)
 
 
 def test_the_command_line_shows_no_secret_of_a_bad_endpoint() -> None:
@@ -433,6 +445,52 @@ def test_a_slow_on_error_does_not_hold_a_shutdown_past_its_bound(
     assert sum(map(int, called.read_text().split())) == 12  # every event, told
     assert "the shutdown goes on without it" in result.stderr
     assert result.stdout.strip() == ("" if at_exit else "False")
+
+
+def test_sys_exit_from_on_error_at_a_write_off_is_logged(
+    sdk_logs: pytest.LogCaptureFixture,
+) -> None:
+    silent = RawServer()  # takes connections, never answers
+    silent.handle = lambda conn: silent.stop.wait(5)  # type: ignore[method-assign]
+    try:
+
+        def on_error(events: Any, error: BaseException) -> None:
+            sys.exit(3)
+
+        client = cca.Analytics(silent.url, on_error=on_error, max_retries=0)
+        client.track("e")
+        time.sleep(0.2)
+        assert client.shutdown(timeout=0.3) is False
+        assert any(
+            "on_error callback raised SystemExit" in r.getMessage() for r in sdk_logs.records
+        )
+    finally:
+        silent.close()
+
+
+def test_at_exit_clients_share_one_second_for_their_reports(receiver: Receiver) -> None:
+    """Three clients, each told of its loss by a callback that hangs: the exit waits one
+    second for all of them, not one each."""
+    receiver.respond = lambda request: Reply(202, delay=5)
+    script = textwrap.dedent(
+        f"""
+        import time, campaign_cart_analytics as cca
+        clients = [cca.Analytics({receiver.url!r}, shutdown_timeout_ms=300, max_retries=0,
+                                 on_error=lambda events, error: time.sleep(10))
+                   for _ in range(3)]
+        for client in clients:
+            client.track("e")
+        time.sleep(0.2)
+        print(time.monotonic(), flush=True)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    took = time.monotonic() - float(result.stdout.split()[0])
+    assert result.returncode == 0, result.stderr
+    if sys.version_info[:2] != (3, 12):  # there on_error runs inline at exit, unbounded
+        assert took < 0.3 + 1.0 + 0.7, f"exit took {took:.1f} s"
 
 
 def test_an_event_tracked_after_shutdown_reaches_on_error(

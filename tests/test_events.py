@@ -374,6 +374,17 @@ def test_sets_of_tuples_reach_a_transform_and_the_endpoint_as_lists(
     assert event["pairs"] == [["sku", "1"]] and event["nested"] == [[1]]
 
 
+def test_a_set_is_sent_sorted_with_or_without_a_transform(
+    make_client: Any, receiver: Receiver
+) -> None:
+    tags = {f"tag-{letter}" for letter in "hgfedcba"}  # iterated in hash order, per process
+    for transform in (None, lambda event: event):
+        client = make_client(transform_function=transform)
+        client.track("e", {"tags": tags})
+        assert client.flush(timeout=5) is True
+    assert [event["tags"] for event in receiver.delivered_events()] == [sorted(tags)] * 2
+
+
 def test_a_callers_bad_value_still_raises_when_a_transform_is_set(make_client: Any) -> None:
     client = make_client(transform_function=lambda e: e)
     with pytest.raises(TypeError, match=r"properties\['when'\]: object"):
