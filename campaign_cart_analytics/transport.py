@@ -135,7 +135,7 @@ class Transport:
     def _prepare_template(self) -> requests.PreparedRequest:
         # An Authorization header the user set is sent as set: an auth that changes nothing
         # keeps requests from putting a .netrc entry's Basic auth in its place.
-        auth = _as_prepared if self._config.sets_authorization else None
+        auth = keep_authorization if self._config.sets_authorization else None
         try:
             return self._session.prepare_request(
                 requests.Request("POST", self._config.endpoint, auth=auth)
@@ -376,8 +376,11 @@ def _find_cause(exc: BaseException, kind: type[BaseException]) -> Optional[BaseE
     return None
 
 
-def describe_error(exc: BaseException, timeout: Optional[float] = None) -> str:
-    """A network error in plain words, without URLs (they may carry secrets)."""
+def describe_error(
+    exc: BaseException, timeout: Optional[float] = None, where: str = "the endpoint"
+) -> str:
+    """A network error in plain words, without URLs (they may carry secrets). ``where``:
+    whose host and certificate (the endpoint's, or a proxy's)."""
     proxy = _find_cause(exc, ProxyError)
     if isinstance(proxy, ProxyError):
         return _proxy_problem(proxy, timeout)
@@ -389,7 +392,7 @@ def describe_error(exc: BaseException, timeout: Optional[float] = None) -> str:
         if isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED:
             return "connection refused"
         if "resolve" in str(connect_failure) or "Name or service" in str(connect_failure):
-            return "DNS lookup failed for the endpoint's host"
+            return f"DNS lookup failed for {where}'s host"
         return "could not connect"
     if _find_cause(exc, ConnectTimeoutError):
         return "connection timed out"
@@ -397,7 +400,7 @@ def describe_error(exc: BaseException, timeout: Optional[float] = None) -> str:
     if isinstance(certificate, ssl.SSLCertVerificationError):
         return (
             f"TLS certificate verification failed ({_verify_message(certificate)}); "
-            "not retried: fix the endpoint's certificate, or set verify to the CA bundle "
+            f"not retried: fix {where}'s certificate, or set verify to the CA bundle "
             "that signed it"
         )
     if _find_cause(exc, SSLError) or isinstance(exc, requests.exceptions.SSLError):
@@ -407,7 +410,9 @@ def describe_error(exc: BaseException, timeout: Optional[float] = None) -> str:
     return type(exc).__name__
 
 
-def _as_prepared(request: requests.PreparedRequest) -> requests.PreparedRequest:
+def keep_authorization(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """A requests ``auth`` that changes nothing: given where the user set Authorization,
+    it keeps requests from putting credentials from the URL or .netrc in its place."""
     return request
 
 
@@ -420,7 +425,7 @@ def _proxy_problem(error: ProxyError, timeout: Optional[float]) -> str:
         return f"the proxy refused the tunnel to the endpoint: HTTP {status}{hint}"
     inner = getattr(error, "original_error", None)
     if isinstance(inner, BaseException) and not isinstance(inner, ProxyError):
-        return f"at the proxy: {describe_error(inner, timeout)}"
+        return f"at the proxy: {describe_error(inner, timeout, where='the proxy')}"
     return "the proxy failed"
 
 

@@ -444,6 +444,23 @@ def test_check_explains_each_answer_in_plain_words(
     assert body["events"] == [] and body["batch_info"]["size"] == 0
 
 
+def test_check_sends_an_authorization_header_as_the_sdk_does(
+    receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login netrc-user password netrc-pw\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))  # the subprocess inherits it
+    result = cli("check", "--endpoint", receiver.url, "--header", "Authorization: Bearer TOKEN")
+    assert result.returncode == 0, result.stderr
+    assert receiver.requests[0].headers["authorization"] == "Bearer TOKEN"  # not .netrc's
+    both = cli("check", "--endpoint", receiver.url.replace("://", "://user:SECRETPW@"),
+               "--header", "Authorization: Bearer SECRETTOKEN")  # fmt: skip
+    assert both.returncode == 2 and "keep one" in both.stderr, both.stderr
+    assert "SECRET" not in both.stderr + both.stdout
+    assert len(receiver.requests) == 1
+
+
 @pytest.mark.parametrize(
     ("endpoint", "words"),
     [

@@ -150,6 +150,16 @@ def test_a_proxy_that_cannot_be_reached_is_named_in_the_error() -> None:
     client.shutdown(timeout=1)
 
 
+def test_a_proxy_whose_host_does_not_resolve_is_named_not_the_endpoint() -> None:
+    client = cca.Analytics(
+        "https://endpoint.invalid/a", proxy="http://proxy.invalid:3128", max_retries=0
+    )
+    client.track("e")
+    assert client.flush(timeout=10) is False
+    assert "at the proxy: DNS lookup failed for the proxy's host" in str(client.stats().last_error)
+    client.shutdown(timeout=1)
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [

@@ -19,7 +19,7 @@ import requests
 
 from ..config import Config
 from ..events import batch_body
-from ..transport import USER_AGENT, describe_error
+from ..transport import USER_AGENT, describe_error, keep_authorization
 from ..urls import redact_url
 from ._common import add_header_argument, parse_headers
 
@@ -98,8 +98,10 @@ def cors_report(session: requests.Session, endpoint: str, header_names: list[str
 
 
 def run(args: argparse.Namespace) -> int:
-    endpoint = Config(endpoint=args.endpoint).endpoint  # the SDK's own URL rule
     headers = parse_headers(args.header)
+    config = Config(endpoint=args.endpoint, headers=headers)  # the SDK's own rules
+    endpoint = config.endpoint
+    auth = keep_authorization if config.sets_authorization else None  # sent as the SDK sends
     shown = redact_url(endpoint)
     body = batch_body([], f"b_check_{uuid.uuid4().hex}", time.time_ns() // 1_000_000)
     if args.compression == "gzip":
@@ -110,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         answer = session.post(
-            endpoint, data=body, headers=headers, timeout=TIMEOUT_S, allow_redirects=False
-        )
+            endpoint, data=body, headers=headers, auth=auth, timeout=TIMEOUT_S,
+            allow_redirects=False,
+        )  # fmt: skip
     except requests.RequestException as exc:
         print(f"POST {shown}: failed after {_ms(started)}: {describe_error(exc, TIMEOUT_S)}")
         return 1
