@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._logging import logger
 from .shutdown_clock import REPORT_GRACE
+from .write_off import WriteOffReports
 
 if TYPE_CHECKING:
     from .client import Analytics
@@ -67,14 +68,15 @@ def shutdown_all_at_exit() -> None:
     deadlines = [now + client.config.shutdown_timeout_ms / 1000 for client in clients]
     for client, deadline in zip(clients, deadlines):
         client._begin_shutdown(waits_until=now, gives_up_at=deadline)
-    reports_until = max(deadlines, default=now) + REPORT_GRACE  # one for all, not one each
+    reports = WriteOffReports(until=max(deadlines, default=now) + REPORT_GRACE)  # one for all
     for client, deadline in zip(clients, deadlines):
         try:
             client._finish_shutdown(
-                gives_up_at=deadline, reason="interpreter exit", reports_until=reports_until
+                gives_up_at=deadline, reason="interpreter exit", reports=reports
             )
         except BaseException:  # one client's trouble must not leave the others' events unsaid
             logger.exception("Shutting a client down at exit failed; the others go on")
+    reports.wait()
 
 
 def _after_fork_in_child() -> None:

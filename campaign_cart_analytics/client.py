@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -21,7 +20,7 @@ from typing import Any, Optional, Union
 
 from . import _lifecycle
 from ._logging import RateLimitedLog, logger
-from ._threads import in_delivery_thread, mark_as_delivery_thread
+from ._threads import in_delivery_thread
 from ._uwsgi import warn_if_threads_cannot_run
 from .config import (
     Config,
@@ -45,6 +44,7 @@ from .process_state import WARNING_INTERVAL, ProcessState
 from .shutdown_clock import REPORT_GRACE
 from .stats import Stats
 from .worker import report_error
+from .write_off import WriteOffReports
 
 
 class Analytics:
@@ -323,12 +323,16 @@ class Analytics:
         state.pending.close()  # also wakes the worker, to plan with the deadlines
 
     def _finish_shutdown(
-        self, *, gives_up_at: Optional[float], reason: str, reports_until: Optional[float] = None
+        self,
+        *,
+        gives_up_at: Optional[float],
+        reason: str,
+        reports: Optional[WriteOffReports] = None,
     ) -> bool:
         """Wait for the flush a shutdown began; out of time, write off what is left.
 
-        ``reports_until``: when on_error calls must be let go (REPORT_GRACE after the
-        write-off, unless a shutdown of several clients at exit shares one).
+        ``reports``: on_error calls a shutdown of several clients at exit waits for at the
+        end, all together; without it this one waits for its own (see ``write_off``).
         """
         state = self._state
         dropped_before = state.pending.stats().dropped_shutdown
@@ -339,8 +343,9 @@ class Analytics:
             state.transport.stop_sending()
             problem = state.pending.stats().last_error or "the endpoint did not answer in time"
             texts = state.pending.write_off(f"{reason} ran out of time; before: {problem}")
-            if reports_until is None:
-                reports_until = time.monotonic() + REPORT_GRACE
+            own = reports is None
+            if reports is None:
+                reports = WriteOffReports(until=time.monotonic() + REPORT_GRACE)
             if texts:
                 error = ShutdownDropError(
                     f"{len(texts)} events were still undelivered at {reason}; "
@@ -348,9 +353,10 @@ class Analytics:
                     batch_id="",
                     attempts=0,
                 )
-                grace = _remaining(reports_until) or 0.0
-                _report_for_at_most(grace, self.config, decode_for_report(texts), error)
-            state.pending.wait_for_reports(_remaining(reports_until) or 0.0)
+                reports.start(self.config, decode_for_report(texts), error)
+            reports.include(state.pending)
+            if own:
+                reports.wait()
         dropped = state.pending.stats().dropped_shutdown - dropped_before
         if dropped:
             logger.warning(
@@ -384,37 +390,6 @@ class Analytics:
         self._warned_closed = False
         if self._shut_down:
             self._state.pending.close()
-
-
-def _report_for_at_most(
-    grace: float, config: Config, events: list[dict[str, Any]], error: BaseException
-) -> None:
-    """``on_error(events, error)``, waited for at most ``grace`` seconds, in a thread of its
-    own where one can start (Python 3.12 starts none at interpreter exit: then inline)."""
-    if config.on_error is None:
-        return
-    reporter = threading.Thread(
-        target=_report_as_delivery, args=(config, events, error),
-        name="campaign-cart-analytics-report", daemon=True,
-    )  # fmt: skip
-    try:
-        reporter.start()
-    except RuntimeError:  # Python 3.12 starts no thread at interpreter exit: inline, unbounded
-        try:
-            report_error(config, events, error)
-        except BaseException:  # SystemExit: the shutdown (of other clients too) goes on
-            logger.exception("on_error callback raised; the shutdown goes on")
-        return
-    reporter.join(grace)
-    if reporter.is_alive():
-        logger.warning("on_error has run %.1f s; the shutdown goes on without it", grace)
-
-
-def _report_as_delivery(config: Config, events: list[dict[str, Any]], error: BaseException) -> None:
-    """``report_error`` in a thread that stands in for the delivery thread: what the callback
-    raises, SystemExit included, is logged, and a flush() inside it does not wait."""
-    mark_as_delivery_thread()
-    report_error(config, events, error)
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:

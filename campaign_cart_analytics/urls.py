@@ -64,6 +64,9 @@ def url_problem(url: str) -> Optional[str]:
         return "it has no host"
     if port == 0:
         return "port 0 cannot be connected to"
+    if "@" in parts.path[1:].partition("/")[0]:
+        # "user:12/34@host" reads as host "user", port 12: a password holding a "/"
+        return "its first path segment holds an @ (credentials with a /? write it as %2F)"
     broken = _broken_escape_in(parts)
     if broken is not None:  # requests would re-quote every % in the URL: another URL
         return f"a % in its {broken} is not followed by two hex digits (write a literal % as %25)"
@@ -81,9 +84,10 @@ def url_problem(url: str) -> Optional[str]:
 def shown_url(url: str, problem: str) -> str:
     """``url`` as an error about ``problem`` may show it: without credentials and query
     values, and only its scheme and host when a stray % may sit in a token of its path."""
-    if problem.startswith("it cannot be parsed") and "@" in url:
-        # No authority was found: any of it may be a password holding "/", "?" or "#".
-        return url.partition("//")[0] + "//***"
+    if "@" in url and "@" not in urllib.parse.urlsplit(url).netloc:
+        # The parser found no credentials, yet "@" is there: any of it may be a password
+        # holding "/", "?" or "#" (or a URL missing its "//").
+        return url.partition(":")[0] + "://***"
     if "%" not in problem:
         return redact_url(url)
     parts = urllib.parse.urlsplit(url)

@@ -164,9 +164,16 @@ def fast_endpoint() -> Iterator[str]:
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert sink.stdout is not None
-    yield f"http://127.0.0.1:{sink.stdout.readline().split()[1]}/analytics"
-    sink.terminate()
-    sink.wait(5)
+    try:
+        yield f"http://127.0.0.1:{sink.stdout.readline().split()[1]}/analytics"
+    finally:
+        sink.terminate()
+        try:
+            sink.wait(5)
+        except subprocess.TimeoutExpired:
+            sink.kill()
+            sink.wait(5)
+        sink.stdout.close()
 
 
 def test_a_backlog_to_a_fast_endpoint_takes_few_threads(fast_endpoint: str) -> None:
@@ -187,9 +194,11 @@ def test_a_backlog_to_a_fast_endpoint_takes_few_threads(fast_endpoint: str) -> N
                 client.track("e", {"i": i})
         finally:
             sys.setswitchinterval(switch_interval)
-        assert client.flush(timeout=10)
-        counts.append(len(senders() - before))
-        client.shutdown(timeout=2)
+        try:
+            assert client.flush(timeout=10)
+            counts.append(len(senders() - before))
+        finally:
+            client.shutdown(timeout=2)
         if counts[-1] <= 3:
             break
     assert 1 <= min(counts) <= 3, counts  # of 8 allowed

@@ -385,6 +385,30 @@ def test_a_set_is_sent_sorted_with_or_without_a_transform(
     assert [event["tags"] for event in receiver.delivered_events()] == [sorted(tags)] * 2
 
 
+def test_a_transform_never_changes_the_callers_objects_whatever_their_class(
+    make_client: Any, receiver: Receiver
+) -> None:
+    class Tags(list):  # type: ignore[type-arg]
+        pass
+
+    class Flags(set):  # type: ignore[type-arg]
+        pass
+
+    tags, flags = Tags(["a"]), Flags({"x"})
+
+    def change(event: dict[str, Any]) -> dict[str, Any]:
+        event["tags"].append("added")
+        event["flags"].append("added")  # a list now, as it will be sent
+        return event
+
+    client = make_client(transform_function=change)
+    client.track("e", {"tags": tags, "flags": flags})
+    assert client.flush(timeout=5) is True
+    assert tags == ["a"] and flags == {"x"}
+    (event,) = receiver.delivered_events()
+    assert event["tags"] == ["a", "added"] and event["flags"] == ["x", "added"]
+
+
 def test_a_callers_bad_value_still_raises_when_a_transform_is_set(make_client: Any) -> None:
     client = make_client(transform_function=lambda e: e)
     with pytest.raises(TypeError, match=r"properties\['when'\]: object"):
