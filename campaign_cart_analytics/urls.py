@@ -84,7 +84,11 @@ def url_problem(url: str) -> Optional[str]:
 def shown_url(url: str, problem: str) -> str:
     """``url`` as an error about ``problem`` may show it: without credentials and query
     values, and only its scheme and host when a stray % may sit in a token of its path."""
-    if "@" in url and "@" not in urllib.parse.urlsplit(url).netloc:
+    try:
+        netloc = urllib.parse.urlsplit(url).netloc
+    except ValueError:  # an unclosed IPv6 bracket, say
+        netloc = ""
+    if "@" in url and "@" not in netloc:
         # The parser found no credentials, yet "@" is there: any of it may be a password
         # holding "/", "?" or "#" (or a URL missing its "//").
         return url.partition(":")[0] + "://***"

@@ -191,6 +191,7 @@ def test_a_5xx_whose_body_breaks_off_is_still_a_5xx(make_client: Any, receiver: 
 BAD_ENDPOINTS = [
     ("https://user:password@host:99999/a?token=SECRET", "bad port"),
     ("http://[::1/x", "cannot be parsed"),
+    ("http://user:SECRET@[::1", "cannot be parsed"),  # no netloc to find the credentials in
     ("https://host:-1/", "bad port"),
     ("https://host:0/", "port 0"),
     ("https://token-as-user@/a?token=SECRET", "no host"),
