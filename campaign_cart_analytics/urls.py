@@ -66,7 +66,10 @@ def url_problem(url: str) -> Optional[str]:
         return "port 0 cannot be connected to"
     if "@" in parts.path[1:].partition("/")[0]:
         # "user:12/34@host" reads as host "user", port 12: a password holding a "/"
-        return "its first path segment holds an @ (credentials with a /? write it as %2F)"
+        return (
+            "its first path segment holds an @ "
+            "(a / of credentials is written %2F, an @ of the path %40)"
+        )
     broken = _broken_escape_in(parts)
     if broken is not None:  # requests would re-quote every % in the URL: another URL
         return f"a % in its {broken} is not followed by two hex digits (write a literal % as %25)"
