@@ -25,7 +25,6 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from ._logging import logger
-from .shutdown_clock import REPORT_GRACE
 from .write_off import WriteOffReports
 
 if TYPE_CHECKING:
@@ -68,7 +67,7 @@ def shutdown_all_at_exit() -> None:
     deadlines = [now + client.config.shutdown_timeout_ms / 1000 for client in clients]
     for client, deadline in zip(clients, deadlines):
         client._begin_shutdown(waits_until=now, gives_up_at=deadline)
-    reports = WriteOffReports(until=max(deadlines, default=now) + REPORT_GRACE)  # one for all
+    reports = WriteOffReports(last_deadline=max(deadlines, default=now))  # one for all
     for client, deadline in zip(clients, deadlines):
         try:
             client._finish_shutdown(

@@ -41,7 +41,6 @@ from .events import (
 )
 from .flushing import Flushing, in_thread
 from .process_state import WARNING_INTERVAL, ProcessState
-from .shutdown_clock import REPORT_GRACE
 from .stats import Stats
 from .worker import report_error
 from .write_off import WriteOffReports
@@ -345,7 +344,7 @@ class Analytics:
             texts = state.pending.write_off(f"{reason} ran out of time; before: {problem}")
             own = reports is None
             if reports is None:
-                reports = WriteOffReports(until=time.monotonic() + REPORT_GRACE)
+                reports = WriteOffReports(last_deadline=time.monotonic())
             if texts:
                 error = ShutdownDropError(
                     f"{len(texts)} events were still undelivered at {reason}; "

@@ -165,7 +165,7 @@ _ENDPOINT_RULE = "an absolute http:// or https:// URL with a host"
 def _check_url(option: str, rule: str, url: str) -> None:
     problem = url_problem(url)
     if problem is not None:
-        raise ConfigError(f"{option} must be {rule}; got {shown_url(url, problem)!r}: {problem}")
+        raise ConfigError(f"{option} must be {rule}; got {shown_url(url)!r}: {problem}")
 
 
 def _check_verify(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:

@@ -196,7 +196,7 @@ def copy_tree(value: Any) -> Any:
     kind = type(value)
     if kind is dict or isinstance(value, Mapping):
         return {key: copy_tree(item) for key, item in value.items()}
-    if kind is list or kind is tuple or isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple)):
         return [copy_tree(item) for item in value]
     if isinstance(value, (set, frozenset)):
         return [copy_tree(item) for item in _as_sent(value)]

@@ -13,12 +13,6 @@ import threading
 import time
 from typing import Optional
 
-#: At a shutdown that ran out of time, how long to let on_error calls finish: those already
-#: under way in the delivery thread (at exit it would be cut off half way), and the one told
-#: of what is written off (a slow callback must not hold the process past its bound). At
-#: exit all clients share one such second.
-REPORT_GRACE = 1.0
-
 
 class ShutdownClock:
     def __init__(self) -> None:

@@ -420,9 +420,8 @@ def _proxy_problem(error: ProxyError, timeout: Optional[float]) -> str:
     """What went wrong at the proxy: its refusal of the CONNECT tunnel, or reaching it."""
     tunnel = re.search(r"Tunnel connection failed: ([0-9]{3})", str(error))
     if tunnel is not None:
-        status = tunnel.group(1)
-        hint = _hint(int(status)) if status == "407" else ""
-        return f"the proxy refused the tunnel to the endpoint: HTTP {status}{hint}"
+        status = int(tunnel.group(1))
+        return f"the proxy refused the tunnel to the endpoint: HTTP {status}{_hint(status)}"
     inner = getattr(error, "original_error", None)
     if isinstance(inner, BaseException) and not isinstance(inner, ProxyError):
         return f"at the proxy: {describe_error(inner, timeout, where='the proxy')}"

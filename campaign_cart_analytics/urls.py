@@ -84,18 +84,17 @@ def url_problem(url: str) -> Optional[str]:
     return None
 
 
-def shown_url(url: str, problem: str) -> str:
-    """``url`` as an error about ``problem`` may show it: without credentials and query
-    values, and only its scheme and host when a stray % may sit in a token of its path."""
+def shown_url(url: str) -> str:
+    """A refused URL as its error may show it: without credentials and query values, and
+    only its scheme and host when a stray % may sit in a token of its path."""
     try:
-        netloc = urllib.parse.urlsplit(url).netloc
+        parts: Optional[urllib.parse.SplitResult] = urllib.parse.urlsplit(url)
     except ValueError:  # an unclosed IPv6 bracket, say
-        netloc = ""
-    if "@" in url and "@" not in netloc:
+        parts = None
+    if "@" in url and (parts is None or "@" not in parts.netloc):
         # The parser found no credentials, yet "@" is there: any of it may be a password
         # holding "/", "?" or "#" (or a URL missing its "//").
         return url.partition(":")[0] + "://***"
-    if "%" not in problem:
-        return redact_url(url)
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
+    if parts is not None and _broken_escape_in(parts) is not None:
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
+    return redact_url(url)

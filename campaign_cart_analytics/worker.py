@@ -133,8 +133,7 @@ class Worker:
     def _answered(self, job: Job, answer: Answer) -> None:
         """Called by a sender thread: queue the answer and wake the loop."""
         with self._follow_on_lock:
-            self._sending.discard(job)
-            self._endpoint_waits = job.waited >= QUICK_WAIT
+            self._no_longer_sending(job)
             if answer.kind != "delivered":  # an overload or failure: senders stop going on alone
                 self._may_follow_on = False
         self._answers.append((job, answer))
@@ -156,8 +155,7 @@ class Worker:
     def _take_following(self, job: Job) -> Optional[Job]:
         now = time.monotonic()
         with self._follow_on_lock:
-            self._sending.discard(job)
-            self._endpoint_waits = job.waited >= QUICK_WAIT
+            self._no_longer_sending(job)
             if not self._may_follow_on or self._clock.waits_until is not None:
                 return None
             if self._sending and not self._endpoint_waits:
@@ -170,6 +168,11 @@ class Worker:
             following.started_at = now
             self._sending.add(following)
         return following
+
+    def _no_longer_sending(self, job: Job) -> None:
+        """With ``_follow_on_lock`` held: ``job``'s request is answered; did it wait?"""
+        self._sending.discard(job)
+        self._endpoint_waits = job.waited >= QUICK_WAIT
 
     def _settle_delivered(self, job: Job, answer: Answer) -> None:
         if not self._pending.settle_delivered(job.batch):

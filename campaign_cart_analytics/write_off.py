@@ -20,10 +20,17 @@ from .config import Config
 from .pending import PendingEvents
 from .worker import report_error
 
+#: At a shutdown that ran out of time, how long to let on_error calls finish: those already
+#: under way in the delivery thread (at exit it would be cut off half way), and the one told
+#: of what is written off (a slow callback must not hold the process past its bound).
+REPORT_GRACE = 1.0
+
 
 class WriteOffReports:
-    def __init__(self, until: float) -> None:
-        self.until = until
+    def __init__(self, last_deadline: float) -> None:
+        """Reports let go REPORT_GRACE after ``last_deadline`` (a shutdown's, or at exit
+        the last client's)."""
+        self.until = last_deadline + REPORT_GRACE
         self._calls: list[threading.Thread] = []
         self._pending: list[PendingEvents] = []
 
